@@ -1,0 +1,58 @@
+"""The store-all baseline: autograd through the whole unroll (``create_graph=True``).
+
+What users write themselves, and the reference every other method is tested against. It
+keeps every step's autograd graph alive until the backward pass; its stored bytes are the
+tensors autograd saved for backward, counted once per storage.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from memdistill.engine import Data, Sweep
+from memdistill.steps import GenericStep
+
+__all__ = ["autograd_unroll"]
+
+
+class _SavedBytes:
+    """saved_tensors_hooks that add up the distinct storages autograd keeps for backward."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def pack(self, t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self.seen:
+            self.seen.add(storage.data_ptr())
+            self.total += storage.nbytes()
+        return t
+
+    @staticmethod
+    def unpack(t: Tensor) -> Tensor:
+        return t
+
+
+def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float) -> Sweep:
+    """Unroll n = len(lrs) steps of v ← γv + g, θ ← θ − η v with graphs; differentiate L once."""
+    n, s = lrs.shape[0], data.x_syn.shape[0]
+    saved = _SavedBytes()
+    with torch.enable_grad():
+        leaves = [theta0.detach().requires_grad_(), data.x_syn.detach().requires_grad_(),
+                  lrs.detach().requires_grad_()]
+        if data.y_syn.is_floating_point():
+            leaves.append(data.y_syn.detach().requires_grad_())
+        theta, x, lr = leaves[:3]
+        y = leaves[3] if len(leaves) == 4 else data.y_syn
+        v = torch.zeros_like(theta)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            for k in range(n):
+                (g,) = torch.autograd.grad(step.loss(theta, x[k % s], y[k % s]), theta, create_graph=True)
+                v = momentum * v + g if momentum else g
+                theta = theta - lr[k] * v
+            loss = step.loss(theta, data.x_real, data.y_real)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+    return Sweep(loss.detach(), grads[0], grads[2], grads[1], grads[3] if len(grads) == 4 else None,
+                 forward_steps=n, peak_stored_bytes=saved.total)

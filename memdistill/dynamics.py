@@ -1,0 +1,82 @@
+"""The inner optimiser, SGD with momentum (torch.optim.SGD convention), and its adjoint.
+
+Forward (step k, gradient g_k = ∇θ l(x̃_{k mod s}, θ_k), v_0 = 0):
+
+    v_{k+1} = γ v_k + g_k,        θ_{k+1} = θ_k − η_k v_{k+1}.
+
+Reverse: given the adjoints dθ = ∂L/∂θ_{k+1} and dv = ∂L/∂v_{k+1} (from the later steps),
+with w = dv − η_k dθ the total adjoint of v_{k+1} (:func:`reverse_step`):
+
+    ∂L/∂η_k = −⟨dθ, v_{k+1}⟩,   ∂L/∂θ_k = dθ + H_k w,   ∂L/∂v_k = γ w,
+    ∂L/∂x̃_{k mod s} += (∂g_k/∂x̃)ᵀ w.
+
+With γ = 0 the velocity is the gradient and dv stays 0: w = −η_k dθ, the plain Algorithm 3.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from memdistill.steps import GenericStep
+
+Gradient = Callable[[Tensor, int], Tensor]  # (θ_k [B, P], k) -> g_k [B, P]
+
+__all__ = ["State", "SGD", "Adjoint", "reverse_step", "state_bytes"]
+
+
+class State(NamedTuple):
+    """θ_k [B, P] and v_k [B, P] (None for plain SGD)."""
+    theta: Tensor
+    v: Tensor | None
+
+
+def state_bytes(state: NamedTuple) -> int:
+    return sum(t.nbytes for t in state if isinstance(t, Tensor))
+
+
+class SGD:
+    """Momentum SGD in floating point: can be advanced, not retreated."""
+
+    def __init__(self, gradient: Gradient, lrs: Tensor, momentum: float):
+        self.gradient, self.lrs, self.momentum = gradient, lrs, momentum
+
+    def start(self, theta0: Tensor) -> State:
+        return State(theta0, torch.zeros_like(theta0) if self.momentum else None)
+
+    def advance(self, state: State, k: int) -> State:
+        g = self.gradient(state.theta, k)
+        v = g if state.v is None else self.momentum * state.v + g
+        return State(state.theta - self.lrs[k] * v, None if state.v is None else v)
+
+    def retreat(self, state: State, k: int) -> State:
+        raise ValueError("floating-point SGD cannot be run backwards; use method='reversible' (momentum > 0)")
+
+    def floats(self, state: State) -> State:
+        return state
+
+    def held_bytes(self) -> int:
+        return 0
+
+
+class Adjoint(NamedTuple):
+    """∂L/∂θ_k and ∂L/∂v_k (None for plain SGD)."""
+    theta: Tensor
+    v: Tensor | None
+
+
+class StepGrads(NamedTuple):
+    lr: Tensor                # ∂L/∂η_k, 0-d
+    x: Tensor                 # contribution to ∂L/∂x̃_{k mod s}
+    y: Tensor | None          # contribution to ∂L/∂ỹ_{k mod s} (float labels only)
+
+
+def reverse_step(step: GenericStep, state: State, x: Tensor, y: Tensor, lr: Tensor,
+                 momentum: float, adj: Adjoint) -> tuple[Adjoint, StepGrads]:
+    """Adjoint of inner step k at state (θ_k, v_k): (∂L/∂θ_{k+1}, ∂L/∂v_{k+1}) -> (∂L/∂θ_k, ∂L/∂v_k)."""
+    w = -lr * adj.theta if adj.v is None else adj.v - lr * adj.theta
+    g, hvp, dx, dy = step.reverse(state.theta, x, y, w)
+    v_next = g if state.v is None else momentum * state.v + g
+    grads = StepGrads(-(adj.theta * v_next).sum(), dx, dy)
+    return Adjoint(adj.theta + hvp, None if state.v is None else momentum * w), grads

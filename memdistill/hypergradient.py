@@ -1,0 +1,152 @@
+"""``hypergradient``: the public entry point of the engine (Algorithms 2 and 3 of PAPER.md)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from memdistill import schedules
+from memdistill.baseline import autograd_unroll
+from memdistill.dynamics import SGD
+from memdistill.engine import Data, Sweep, run
+from memdistill.fixedpoint import ExactSGD
+from memdistill.steps import GenericStep, LossFn
+from memdistill.validation import check_inputs, check_labels
+
+__all__ = ["Hypergradient", "hypergradient", "unrolled_loss"]
+
+
+@dataclass(frozen=True)
+class Hypergradient:
+    """The outer loss after n inner steps and its gradients (see :func:`hypergradient`)."""
+    loss: Tensor
+    grad_x_syn: Tensor
+    grad_lrs: Tensor
+    grad_y_syn: Tensor | None
+    grad_params: dict[str, Tensor]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _plan(method: str, n: int, snapshots: int | None) -> tuple[str, list[schedules.Action]]:
+    if method == "replay":
+        return "store-all", schedules.store_all(n)
+    if method == "reversible":
+        return "reversible", schedules.reversible(n)
+    if snapshots is None:
+        return "periodic", schedules.periodic(n)
+    return "binomial", schedules.binomial(n, snapshots)
+
+
+def _sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float,
+           method: str, snapshots: int | None, frac_bits: int) -> tuple[str, Sweep]:
+    n, s = lrs.shape[0], data.x_syn.shape[0]
+    if method == "autograd":
+        return "autograd", autograd_unroll(step, data, lrs, theta0, momentum)
+
+    def gradient(theta: Tensor, k: int) -> Tensor:
+        return step.value_and_grad(theta, data.x_syn[k % s], data.y_syn[k % s])[1]
+
+    dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if method == "reversible"
+                else SGD(gradient, lrs, momentum))
+    schedule, actions = _plan(method, n, snapshots)
+    with torch.no_grad():
+        return schedule, run(actions, dynamics, step, data, lrs, theta0)
+
+
+def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
+                  y_real: Tensor, *, epochs: int = 1, momentum: float = 0.0, method: str = "checkpoint",
+                  snapshots: int | None = None, loss_fn: LossFn | None = None,
+                  frac_bits: int = 44) -> Hypergradient:
+    r"""Outer loss after n = s·epochs inner SGD steps on synthetic data, and its exact gradients.
+
+    Inner loop from θ_0 = the model's parameters (left unchanged), step k on batch i = k mod s:
+
+    .. math::
+        v_{k+1} = γ v_k + ∇_θ l(x̃_i, ỹ_i; θ_k), \quad θ_{k+1} = θ_k − η̃_k v_{k+1}, \quad
+        L = l(x, y; θ_n).
+
+    Args:
+      model: any nn.Module; its trainable parameters are θ0, buffers and frozen ones constants.
+      x_syn: [s, b, *in_shape] synthetic inputs of each internal step.
+      y_syn: [s, b] int64 class ids or float targets, or [s, b, C] float soft labels.
+      lrs: [s * epochs] positive learning rate of each inner step.
+      x_real, y_real: the real batch of the outer loss, [N, *in_shape] and [N] (or [N, C]).
+      epochs: internal epochs; step k uses x_syn[k % s].
+      momentum: γ in [0, 1), torch.optim.SGD convention (v0 = 0, no dampening).
+      method: "autograd" (graphs through the whole unroll: the baseline), "replay" (store every
+        θ_k, rebuild one step's graph at a time), "checkpoint" (√n segments when ``snapshots``
+        is None, else binomial/revolve with that many stored states) or "reversible" (exact
+        fixed-point momentum SGD run backwards; needs momentum > 0).
+      snapshots: stored states for "checkpoint"; None picks √n segments.
+      loss_fn: ``loss_fn(model(x), y) -> 0-d``; default BCE-with-logits for one output, else
+        cross-entropy (soft-label cross-entropy for float [.., C] targets).
+      frac_bits: fractional bits of the fixed-point trajectory ("reversible" only).
+
+    Returns:
+      :class:`Hypergradient` with ``loss``, ``grad_x_syn``, ``grad_lrs``, ``grad_y_syn`` (None
+      for integer labels), ``grad_params`` (∂L/∂θ0 by parameter name) and ``stats`` ("method",
+      "schedule", "step", "steps", "forward_steps", "peak_stored_bytes", "seconds").
+
+    Examples:
+      >>> import torch, memdistill as md
+      >>> model = torch.nn.Linear(2, 1).double()
+      >>> x_syn, y_syn = torch.randn(4, 8, 2, dtype=torch.float64), torch.randint(0, 2, (4, 8))
+      >>> lrs = torch.full((8,), 0.1, dtype=torch.float64)
+      >>> x, y = torch.randn(64, 2, dtype=torch.float64), torch.randint(0, 2, (64,))
+      >>> hg = md.hypergradient(model, x_syn, y_syn, lrs, x, y, epochs=2)
+      >>> hg.grad_x_syn.shape, hg.stats["steps"]
+      (torch.Size([4, 8, 2]), 8)
+
+    References:
+      Wang et al. (2018), Dataset Distillation; Maclaurin, Duvenaud & Adams (2015), Gradient-based
+      hyperparameter optimization through reversible learning; Griewank & Walther (2000), revolve.
+    """
+    check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method, snapshots)
+    step = GenericStep(model, loss_fn)
+    theta0 = step.flatten()
+    with torch.no_grad():
+        out = step.forward(theta0[0], x_real[:1])
+    check_labels("y_syn", y_syn, out)
+    check_labels("y_real", y_real, out)
+    data = Data(x_syn.detach(), y_syn.detach(), x_real.detach(), y_real.detach())
+    start = time.perf_counter()
+    schedule, sweep = _sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits)
+    seconds = time.perf_counter() - start
+    if not bool(torch.isfinite(sweep.loss)):
+        raise FloatingPointError(
+            f"hypergradient: the outer loss is {sweep.loss.item()} after {lrs.shape[0]} inner steps: the inner "
+            "loop diverged; lower lrs (or the scale of x_syn)")
+    stats = {"method": method, "schedule": schedule, "step": step.name, "steps": lrs.shape[0],
+             "forward_steps": sweep.forward_steps, "peak_stored_bytes": sweep.peak_stored_bytes,
+             "seconds": seconds}
+    return Hypergradient(sweep.loss, sweep.grad_x_syn, sweep.grad_lrs, sweep.grad_y_syn,
+                         step.unflatten(sweep.grad_theta0[0]), stats)
+
+
+class _UnrolledLoss(torch.autograd.Function):
+    """L(x̃, ỹ, η̃) whose backward returns the hypergradient computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, x_syn, y_syn, lrs, model, x_real, y_real, options):  # type: ignore[override]
+        hg = hypergradient(model, x_syn, y_syn, lrs, x_real, y_real, **options)
+        ctx.grads = (hg.grad_x_syn, hg.grad_y_syn, hg.grad_lrs)
+        return hg.loss.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        gx, gy, glr = (None if g is None else grad_out * g for g in ctx.grads)
+        return gx, gy, glr, None, None, None, None
+
+
+def unrolled_loss(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
+                  y_real: Tensor, **options: Any) -> Tensor:
+    """The outer loss as a differentiable 0-d tensor: ``.backward()`` fills x_syn.grad, lrs.grad
+    (and y_syn.grad for float labels) with the exact hypergradient, computed with bounded
+    memory by ``options["method"]``. Takes the keyword arguments of :func:`hypergradient`.
+    Not twice differentiable.
+    """
+    return _UnrolledLoss.apply(x_syn, y_syn, lrs, model, x_real, y_real, options)
