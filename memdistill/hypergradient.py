@@ -108,7 +108,7 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
     step = GenericStep(model, loss_fn)
     theta0 = step.flatten()
     with torch.no_grad():
-        out = step.forward(theta0[0], x_real[:1])
+        out = step.forward(theta0[0], x_real)
     check_labels("y_syn", y_syn, out)
     check_labels("y_real", y_real, out)
     data = Data(x_syn.detach(), y_syn.detach(), x_real.detach(), y_real.detach())
