@@ -31,6 +31,12 @@ _LIMIT = 2 ** 62             # |fixed-point value| must stay below this
 _MAX_DENOMINATOR = 1 << 12   # γ = p/q with q ≤ 4096
 
 
+def _divmod(x: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """(x div d, x mod d) with floor semantics; one integer division (the slow op on CPU)."""
+    quotient = torch.div(x, d, rounding_mode="floor")
+    return quotient, x - quotient * d
+
+
 class BitStack:
     """A stack of mixed-radix digits per element, vectorised over elements and exact.
 
@@ -75,8 +81,7 @@ class BitStack:
 
     def pop(self, radix: int) -> Tensor:
         """d = N mod radix, N ← N div radix; returns d [numel]."""
-        digit = torch.remainder(self.head, radix)
-        x = torch.div(self.head, radix, rounding_mode="floor")
+        x, digit = _divmod(self.head, radix)
         refill = x < self.low
         if bool(refill.any()):
             idx = self.index[refill]
@@ -149,18 +154,17 @@ class ExactSGD:
 
     def advance(self, state: FixedState, k: int) -> FixedState:
         g = self._gradient(state.theta, k)
-        shape, v = state.v.shape, state.v.reshape(-1)
-        self.bits.push(torch.remainder(v, self.q), self.q)
-        v = torch.div(v, self.q, rounding_mode="floor") * self.p + self.bits.pop(self.p)
+        shape, (v, rest) = state.v.shape, _divmod(state.v.reshape(-1), self.q)
+        self.bits.push(rest, self.q)
+        v = v * self.p + self.bits.pop(self.p)
         v = _checked(v.view(shape) + g, "the velocity", k, self.frac_bits)
         theta = _checked(state.theta - self._step_size(v, k), "θ", k, self.frac_bits)
         return FixedState(theta, v)
 
     def retreat(self, state: FixedState, k: int) -> FixedState:
         theta = state.theta + self._step_size(state.v, k)
-        shape, u = state.v.shape, (state.v - self._gradient(theta, k)).reshape(-1)
-        self.bits.push(torch.remainder(u, self.p), self.p)
-        u = torch.div(u, self.p, rounding_mode="floor")
+        shape, (u, rest) = state.v.shape, _divmod((state.v - self._gradient(theta, k)).reshape(-1), self.p)
+        self.bits.push(rest, self.p)
         u = _checked(u, "the velocity", k, self.frac_bits, limit=_LIMIT // self.q)
         v = u * self.q + self.bits.pop(self.q)
         return FixedState(theta, v.view(shape))
