@@ -67,7 +67,7 @@ class Adjoint(NamedTuple):
 
 
 class StepGrads(NamedTuple):
-    lr: Tensor                # ∂L/∂η_k, 0-d
+    lr: Tensor                # ∂L/∂η_k, the shape of η_k (0-d, or [B, 1] for one rate per model)
     x: Tensor                 # contribution to ∂L/∂x̃_{k mod s}
     y: Tensor | None          # contribution to ∂L/∂ỹ_{k mod s} (float labels only)
 
@@ -78,5 +78,5 @@ def reverse_step(step: GenericStep, state: State, x: Tensor, y: Tensor, lr: Tens
     w = -lr * adj.theta if adj.v is None else adj.v - lr * adj.theta
     g, hvp, dx, dy = step.reverse(state.theta, x, y, w)
     v_next = g if state.v is None else momentum * state.v + g
-    grads = StepGrads(-(adj.theta * v_next).sum(), dx, dy)
+    grads = StepGrads((-adj.theta * v_next).sum_to_size(lr.shape), dx, dy)
     return Adjoint(adj.theta + hvp, None if state.v is None else momentum * w), grads

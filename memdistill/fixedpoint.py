@@ -47,7 +47,7 @@ class BitStack:
     unbounded. L is a multiple of every radix used, which makes pop the exact inverse of push.
     """
 
-    def __init__(self, numel: int, radices: tuple[int, ...], device: torch.device, chunk: int = 64):
+    def __init__(self, numel: int, radices: tuple[int, ...], device: torch.device, chunk: int = 8):
         base = math.lcm(*radices)
         if base > 1 << 24:
             raise ValueError(f"BitStack: radices {radices} are too large (lcm must be <= 2^24)")

@@ -13,6 +13,7 @@ from memdistill.baseline import autograd_unroll
 from memdistill.dynamics import SGD
 from memdistill.engine import Data, Sweep, run
 from memdistill.fixedpoint import ExactSGD
+from memdistill.fused import FusedMLPStep, is_plain_mlp
 from memdistill.steps import GenericStep, LossFn
 from memdistill.validation import check_inputs, check_labels
 
@@ -40,6 +41,20 @@ def _plan(method: str, n: int, snapshots: int | None) -> tuple[str, list[schedul
     return "binomial", schedules.binomial(n, snapshots)
 
 
+STEPS = ("auto", "generic", "fused")
+
+
+def make_step(model: nn.Module, loss_fn: LossFn | None, step: str) -> GenericStep:
+    """The Step for ``model``: "fused" for a plain ReLU MLP with the default loss, else "generic"."""
+    if step not in STEPS:
+        raise ValueError(f"hypergradient: unknown step {step!r}; it needs to be one of {list(STEPS)}")
+    fusable = is_plain_mlp(model) and loss_fn is None
+    if step == "fused" and not fusable:
+        raise ValueError("hypergradient: step='fused' needs an nn.Sequential(Linear, ReLU, ..., Linear) "
+                         "with biases and the default loss_fn; use step='auto' or 'generic'")
+    return FusedMLPStep(model) if fusable and step != "generic" else GenericStep(model, loss_fn)
+
+
 def _sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float,
            method: str, snapshots: int | None, frac_bits: int) -> tuple[str, Sweep]:
     n, s = lrs.shape[0], data.x_syn.shape[0]
@@ -59,7 +74,7 @@ def _sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum:
 def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                   y_real: Tensor, *, epochs: int = 1, momentum: float = 0.0, method: str = "checkpoint",
                   snapshots: int | None = None, loss_fn: LossFn | None = None,
-                  frac_bits: int = 44) -> Hypergradient:
+                  frac_bits: int = 44, step: str = "auto") -> Hypergradient:
     r"""Outer loss after n = s·epochs inner SGD steps on synthetic data, and its exact gradients.
 
     Inner loop from θ_0 = the model's parameters (left unchanged), step k on batch i = k mod s:
@@ -84,6 +99,8 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       loss_fn: ``loss_fn(model(x), y) -> 0-d``; default BCE-with-logits for one output, else
         cross-entropy (soft-label cross-entropy for float [.., C] targets).
       frac_bits: fractional bits of the fixed-point trajectory ("reversible" only).
+      step: "auto" (the fused analytic step for a plain ReLU MLP with the default loss, else
+        the generic autograd step), "generic" or "fused". method="autograd" always runs generic.
 
     Returns:
       :class:`Hypergradient` with ``loss``, ``grad_x_syn``, ``grad_lrs``, ``grad_y_syn`` (None
@@ -105,7 +122,7 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       hyperparameter optimization through reversible learning; Griewank & Walther (2000), revolve.
     """
     check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method, snapshots)
-    step = GenericStep(model, loss_fn)
+    step = make_step(model, loss_fn, "generic" if method == "autograd" else step)
     theta0 = step.flatten()
     with torch.no_grad():
         out = step.forward(theta0[0], x_real)

@@ -31,16 +31,19 @@ def assert_matches(hg, ref, tol):
         assert rel(hg.grad_y_syn, ref.grad_y_syn) <= tol
 
 
+@pytest.mark.parametrize("step", ["auto", "generic"])
 @pytest.mark.parametrize("model, labels", CASES)
 @pytest.mark.parametrize("method, snapshots, momentum", VARIANTS)
-def test_equals_autograd_float64(model, labels, method, snapshots, momentum):
+def test_equals_autograd_float64(model, labels, method, snapshots, momentum, step):
     p = make_problem(model, labels=labels, s=5, epochs=3)   # n = 15: odd, several epochs
     kw = dict(epochs=p.epochs, momentum=momentum)
     ref = md.hypergradient(*p.args(), method="autograd", **kw)
-    hg = md.hypergradient(*p.args(), method=method, snapshots=snapshots, **kw)
+    hg = md.hypergradient(*p.args(), method=method, snapshots=snapshots, step=step, **kw)
     assert_matches(hg, ref, 1e-9)
     assert ref.grad_x_syn.abs().sum() > 0 and ref.grad_lrs.abs().sum() > 0  # a non-trivial check
-    assert hg.stats["method"] == method and hg.stats["steps"] == 15 and hg.stats["step"] == "generic"
+    fused = model.startswith("mlp") and step == "auto"
+    assert hg.stats["method"] == method and hg.stats["steps"] == 15
+    assert hg.stats["step"] == ("fused" if fused else "generic") and ref.stats["step"] == "generic"
 
 
 @pytest.mark.parametrize("method, snapshots, momentum", VARIANTS)
@@ -49,7 +52,7 @@ def test_equals_autograd_float32(method, snapshots, momentum):
     kw = dict(epochs=p.epochs, momentum=momentum)
     ref = md.hypergradient(*p.args(), method="autograd", **kw)
     hg = md.hypergradient(*p.args(), method=method, snapshots=snapshots, **kw)
-    assert hg.grad_x_syn.dtype == torch.float32
+    assert hg.grad_x_syn.dtype == torch.float32 and hg.stats["step"] == "fused"
     assert_matches(hg, ref, 2e-5)
 
 

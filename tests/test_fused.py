@@ -1,0 +1,71 @@
+"""The fused MLP step against the generic (autograd) step, product by product."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MODELS, make_problem, mlp, rel
+from torch import nn
+
+import memdistill as md
+from memdistill.fused import FusedMLPStep, is_plain_mlp
+from memdistill.steps import GenericStep
+
+
+def batch(model: str, labels: str, per_model: bool, B: int = 3):
+    """θ [B, P] around θ0, a direction w, and one batch (shared, or one per model)."""
+    p = make_problem(model, labels=labels, b=5)
+    generic, fused = GenericStep(p.model), FusedMLPStep(p.model)
+    g = torch.Generator().manual_seed(3)
+    theta = generic.flatten() + 0.3 * torch.randn(B, generic.flatten().shape[1], generator=g, dtype=torch.float64)
+    w = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    if per_model:
+        x, y = p.x_syn[:B], p.y_syn[:B]
+    else:
+        x, y = p.x_syn[0], p.y_syn[0]
+    return generic, fused, theta, w, x, y
+
+
+@pytest.mark.parametrize("per_model", [False, True])
+@pytest.mark.parametrize("model, labels", [("mlp-binary", "int"), ("mlp-binary", "soft"),
+                                           ("mlp-3class", "int"), ("mlp-3class", "soft")])
+def test_fused_products_equal_generic(model, labels, per_model):
+    generic, fused, theta, w, x, y = batch(model, labels, per_model)
+    if per_model:  # the generic step, one model at a time
+        rows = [generic.reverse(theta[j:j + 1], x[j], y[j], w[j:j + 1]) for j in range(3)]
+        ref = (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]),
+               torch.stack([r[2] for r in rows]), None if rows[0][3] is None else torch.stack([r[3] for r in rows]))
+        ref_loss = sum(generic.value_and_grad(theta[j:j + 1], x[j], y[j])[0] for j in range(3))
+    else:
+        ref = generic.reverse(theta, x, y, w)
+        ref_loss = generic.value_and_grad(theta, x, y)[0]
+    got = fused.reverse(theta, x, y, w)
+    loss, grad = fused.value_and_grad(theta, x, y)
+    assert rel(loss, ref_loss) <= 1e-12 and rel(grad, ref[0]) <= 1e-12
+    for a, b in zip(got, ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and rel(a, b) <= 1e-12
+
+
+@pytest.mark.parametrize("model, plain", [
+    (mlp([2, 4, 1]), True),
+    (nn.Sequential(nn.Linear(3, 2)), True),
+    (nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)), False),
+    (nn.Sequential(nn.Linear(2, 4, bias=False), nn.ReLU(), nn.Linear(4, 1)), False),
+    (nn.Sequential(nn.Linear(2, 4), nn.ReLU(inplace=True), nn.Linear(4, 1)), False),
+    (nn.Sequential(nn.Linear(2, 4), nn.ReLU()), False),
+    (nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 1)), False),
+    (MODELS["conv-3class"][0](), False),
+])
+def test_plain_mlp_detection(model, plain):
+    assert is_plain_mlp(model) is plain
+
+
+def test_fused_is_chosen_automatically_and_can_be_refused():
+    p = make_problem("mlp-binary", s=3, epochs=2)
+    assert md.hypergradient(*p.args(), epochs=2).stats["step"] == "fused"
+    assert md.hypergradient(*p.args(), epochs=2, step="generic").stats["step"] == "generic"
+    with pytest.raises(ValueError, match="step='fused' needs an nn.Sequential"):
+        md.hypergradient(*p.args(), epochs=2, step="fused", loss_fn=torch.nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="unknown step 'fast'"):
+        md.hypergradient(*p.args(), epochs=2, step="fast")
