@@ -127,7 +127,7 @@ class ExactSGD:
         self.p, self.q = rational_momentum(momentum)
         self.momentum = self.p / self.q
         self.gradient, self.dtype, self.frac_bits = gradient, dtype, frac_bits
-        self.lrs = lrs.detach().to(torch.float64).tolist()
+        self.lrs = lrs.detach().to(torch.float64)
         self.scale = float(2 ** frac_bits)
         self.bits: BitStack | None = None
 

@@ -17,7 +17,7 @@ from memdistill.fused import FusedMLPStep, is_plain_mlp
 from memdistill.steps import GenericStep, LossFn
 from memdistill.validation import check_inputs, check_labels
 
-__all__ = ["Hypergradient", "hypergradient", "unrolled_loss"]
+__all__ = ["Hypergradient", "hypergradient", "make_step", "sweep", "unrolled_loss"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,16 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str) -> GenericSte
     return FusedMLPStep(model) if fusable and step != "generic" else GenericStep(model, loss_fn)
 
 
-def _sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float,
-           method: str, snapshots: int | None, frac_bits: int) -> tuple[str, Sweep]:
+def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
+          method: str = "checkpoint", snapshots: int | None = None, frac_bits: int = 44) -> tuple[str, Sweep]:
+    """One forward and reverse sweep for B models at once, without argument checks.
+
+    θ0 [B, P]. With the generic step the data are shared by the B models (the layout of
+    :func:`hypergradient`); the fused step also takes one batch per model: x_syn [s, B, b, in],
+    y_syn [s, B, b(, C)], x_real [B, N, in], y_real [B, N(, C)], and lrs [n] shared or
+    [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.Sweep`)
+    whose gradients have the shapes of the inputs and whose loss sums the B models' losses.
+    """
     n, s = lrs.shape[0], data.x_syn.shape[0]
     if method == "autograd":
         return "autograd", autograd_unroll(step, data, lrs, theta0, momentum)
@@ -130,17 +138,17 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
     check_labels("y_real", y_real, out)
     data = Data(x_syn.detach(), y_syn.detach(), x_real.detach(), y_real.detach())
     start = time.perf_counter()
-    schedule, sweep = _sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits)
+    schedule, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits)
     seconds = time.perf_counter() - start
-    if not bool(torch.isfinite(sweep.loss)):
+    if not bool(torch.isfinite(result.loss)):
         raise FloatingPointError(
-            f"hypergradient: the outer loss is {sweep.loss.item()} after {lrs.shape[0]} inner steps: the inner "
+            f"hypergradient: the outer loss is {result.loss.item()} after {lrs.shape[0]} inner steps: the inner "
             "loop diverged; lower lrs (or the scale of x_syn)")
     stats = {"method": method, "schedule": schedule, "step": step.name, "steps": lrs.shape[0],
-             "forward_steps": sweep.forward_steps, "peak_stored_bytes": sweep.peak_stored_bytes,
+             "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
              "seconds": seconds}
-    return Hypergradient(sweep.loss, sweep.grad_x_syn, sweep.grad_lrs, sweep.grad_y_syn,
-                         step.unflatten(sweep.grad_theta0[0]), stats)
+    return Hypergradient(result.loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,
+                         step.unflatten(result.grad_theta0[0]), stats)
 
 
 class _UnrolledLoss(torch.autograd.Function):
