@@ -52,7 +52,7 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
                 v = momentum * v + g if momentum else g
                 theta = theta - lr[k] * v
             loss = step.loss(theta, data.x_real, data.y_real)
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     return Sweep(loss.detach(), grads[0], grads[2], grads[1], grads[3] if len(grads) == 4 else None,
                  forward_steps=n, peak_stored_bytes=saved.total)

@@ -37,7 +37,7 @@ class Dynamics(Protocol):
 
 class Sweep(NamedTuple):
     """What one forward + reverse sweep produces."""
-    loss: Tensor             # 0-d: Σ_j l(x_real, θ_n^(j))
+    loss: Tensor             # [B]: l(x_real, θ_n^(j)) of each model j
     grad_theta0: Tensor      # [B, P]
     grad_lrs: Tensor         # [n]
     grad_x_syn: Tensor       # [s, b, *in]
@@ -57,7 +57,7 @@ def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data
     stored: dict[int, NamedTuple] = {}
     stored_bytes = peak = forward = 0
     adj: Adjoint | None = None
-    loss = torch.zeros((), dtype=theta0.dtype, device=theta0.device)
+    loss: Tensor | None = None
     grad_lrs = torch.zeros_like(lrs)
     grad_x = torch.zeros_like(data.x_syn)
     grad_y = torch.zeros_like(data.y_syn) if data.y_syn.is_floating_point() else None

@@ -91,7 +91,7 @@ class FusedMLPStep(GenericStep):
 
     @staticmethod
     def _loss_and_delta(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(Σ_j l_j, δ_L = ∂l/∂z [B, b, C], p) for mean-over-batch BCE / cross-entropy.
+        """(l_j [B], δ_L = ∂l/∂z [B, b, C], p) for mean-over-batch BCE / cross-entropy.
 
         BCE (C = 1): p = σ(z), δ = (p − y)/b. Cross-entropy: p = softmax(z), δ = (p·Σ_c y_c − y)/b
         with y one-hot for class ids.
@@ -99,14 +99,14 @@ class FusedMLPStep(GenericStep):
         b = z.shape[1]
         if z.shape[-1] == 1:
             t = y.to(z.dtype).expand(z.shape[:2]).unsqueeze(-1)
-            loss = nn.functional.binary_cross_entropy_with_logits(z, t, reduction="sum") / b
+            loss = nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none").sum((1, 2)) / b
             p = torch.sigmoid(z)
             return loss, (p - t) / b, p
         t = y if y.is_floating_point() else nn.functional.one_hot(y, z.shape[-1]).to(z.dtype)
         t = t.expand(*z.shape) if t.dim() == 2 else t
         logp = z.log_softmax(-1)
         p = logp.exp()
-        return -(t * logp).sum() / b, (p * t.sum(-1, keepdim=True) - t) / b, p
+        return -(t * logp).sum((1, 2)) / b, (p * t.sum(-1, keepdim=True) - t) / b, p
 
     def _backward(self, params, fwd: _Forward, delta: Tensor) -> list[Tensor]:
         """Backprop of δ_L: per layer [δ_lᵀ h_{l−1}, Σ δ_l] as flat [B, ·] pieces, and the δ_l."""
@@ -119,7 +119,7 @@ class FusedMLPStep(GenericStep):
         return grads[::-1], deltas[::-1]
 
     def loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Σ_j l(x, θ_j) computed with the batched forward (differentiable: used by the baseline)."""
+        """[l(x, θ_j)]_j [B] computed with the batched forward (differentiable)."""
         fwd = self._forward(self.params(theta), x)
         return self._loss_and_delta(fwd.logits, y)[0]
 

@@ -63,7 +63,8 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
     :func:`hypergradient`); the fused step also takes one batch per model: x_syn [s, B, b, in],
     y_syn [s, B, b(, C)], x_real [B, N, in], y_real [B, N(, C)], and lrs [n] shared or
     [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.Sweep`)
-    whose gradients have the shapes of the inputs and whose loss sums the B models' losses.
+    whose gradients have the shapes of the inputs (of the summed losses) and whose loss holds
+    the B models' outer losses [B].
     """
     n, s = lrs.shape[0], data.x_syn.shape[0]
     if method == "autograd":
@@ -140,14 +141,15 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
     start = time.perf_counter()
     schedule, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits)
     seconds = time.perf_counter() - start
-    if not bool(torch.isfinite(result.loss)):
+    loss = result.loss.sum()
+    if not bool(torch.isfinite(loss)):
         raise FloatingPointError(
-            f"hypergradient: the outer loss is {result.loss.item()} after {lrs.shape[0]} inner steps: the inner "
+            f"hypergradient: the outer loss is {loss.item()} after {lrs.shape[0]} inner steps: the inner "
             "loop diverged; lower lrs (or the scale of x_syn)")
     stats = {"method": method, "schedule": schedule, "step": step.name, "steps": lrs.shape[0],
              "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
              "seconds": seconds}
-    return Hypergradient(result.loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,
+    return Hypergradient(loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,
                          step.unflatten(result.grad_theta0[0]), stats)
 
 

@@ -3,8 +3,8 @@
 A Step knows nothing about schedules or about the optimiser; it evaluates, for B models whose
 flattened parameters are the rows of ``theta`` [B, P] and one batch (x [b, *in], y [b, ...]):
 
-- ``loss(theta, x, y)``            Σ_j l(x, θ_j), differentiable in every argument;
-- ``value_and_grad(theta, x, y)``  (Σ_j l(x, θ_j) [0-d], g = ∇θ l [B, P]);
+- ``loss(theta, x, y)``            [l(x, θ_j)]_j [B], differentiable in every argument;
+- ``value_and_grad(theta, x, y)``  (the B losses [B], g = ∇θ l [B, P]);
 - ``reverse(theta, x, y, w)``      (g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw) with H = ∂g/∂θ the Hessian:
   one Hessian-vector product and the mixed second derivatives, both VJPs of the gradient.
 """
@@ -76,14 +76,14 @@ class GenericStep:
         return functional_call(self.model, {**self.constants, **self.unflatten(row)}, (x,))
 
     def loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Σ_j l(model_θj(x), y) over the B rows of theta [B, P]."""
-        return sum(self.loss_fn(self.forward(row, x), y) for row in theta.unbind(0))
+        """[l(model_θj(x), y)]_j [B] for the B rows of theta [B, P]."""
+        return torch.stack([self.loss_fn(self.forward(row, x), y) for row in theta.unbind(0)])
 
     def value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             t = theta.detach().requires_grad_()
             value = self.loss(t, x, y)
-            (g,) = torch.autograd.grad(value, t)
+            (g,) = torch.autograd.grad(value.sum(), t)
         return value.detach(), g
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -92,7 +92,7 @@ class GenericStep:
             t = theta.detach().requires_grad_()
             xs = x.detach().requires_grad_()
             ys = y.detach().requires_grad_() if y.is_floating_point() else y
-            (g,) = torch.autograd.grad(self.loss(t, xs, ys), t, create_graph=True)
+            (g,) = torch.autograd.grad(self.loss(t, xs, ys).sum(), t, create_graph=True)
             inputs = (t, xs, ys) if ys.requires_grad else (t, xs)
             if g.requires_grad:
                 grads = torch.autograd.grad(g, inputs, grad_outputs=w, allow_unused=True)
