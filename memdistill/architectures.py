@@ -16,6 +16,7 @@ from torch import nn
 
 PAPER_WIDTH = 10
 _LAYERS = re.compile(r"([1-9][0-9]*)-layer")
+_WIDTHS = re.compile(r"mlp\[([1-9][0-9]*(?:,[1-9][0-9]*)*)?\]")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def mlp(arch: str | Sequence[int] = "2-layer", in_features: int = 2, out_feature
     Args:
       arch: ``"N-layer"``: N linear layers, the N−1 hidden ones 10 wide (the paper's
         ``"1-layer"`` = Linear(2, 1), ``"2-layer"`` = 2-10-1, ``"4-layer"`` = 2-10-10-10-1);
-        or a sequence of hidden widths, e.g. ``[32, 32]`` (``[]``: linear).
+        or hidden widths: a sequence such as ``[32, 32]`` (``[]``: linear) or the same as a
+        name, ``"mlp[32,32]"`` (the form of :attr:`MLP.name`, so ``mlp(f.name, …)`` rebuilds f).
       in_features: input width.
       out_features: output width (1 logit for binary tasks, C for C classes).
 
@@ -79,15 +81,17 @@ def mlp(arch: str | Sequence[int] = "2-layer", in_features: int = 2, out_feature
 
 
 def _hidden_widths(arch: str | Sequence[int]) -> tuple[int, ...]:
-    """Hidden widths of an ``"N-layer"`` name or a sequence of positive ints."""
+    """Hidden widths of a name (``"N-layer"``, ``"mlp[w1,w2]"``) or a sequence of positive ints."""
     if isinstance(arch, str):
-        match = _LAYERS.fullmatch(arch)
-        if match is None:
-            raise ValueError(
-                f"mlp: unknown architecture {arch!r}; expected 'N-layer' (e.g. '1-layer', "
-                "'2-layer', '4-layer') or a list of hidden widths such as [32, 32]"
-            )
-        return (PAPER_WIDTH,) * (int(match.group(1)) - 1)
+        layers, widths = _LAYERS.fullmatch(arch), _WIDTHS.fullmatch(arch)
+        if layers:
+            return (PAPER_WIDTH,) * (int(layers.group(1)) - 1)
+        if widths:
+            return tuple(int(w) for w in (widths.group(1) or "").split(",") if w)
+        raise ValueError(
+            f"mlp: unknown architecture {arch!r}; expected 'N-layer' (e.g. '1-layer', "
+            "'2-layer', '4-layer'), 'mlp[w1,w2,...]' or a list of hidden widths such as [32, 32]"
+        )
     widths = tuple(arch)
     if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
         raise ValueError(f"mlp: hidden widths must be positive ints, got {list(widths)}")

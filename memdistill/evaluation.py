@@ -79,7 +79,7 @@ def train_full(
     return model
 
 
-def baseline_models(
+def baseline_accuracies(
     dataset: Dataset,
     arch: Callable[[], nn.Module],
     *,
@@ -87,21 +87,26 @@ def baseline_models(
     epochs: int = 500,
     lr: float = 0.1,
     seed: int = 0,
-) -> list[nn.Module]:
-    """The full-data baseline: ``inits`` models, seeds ``seed … seed+inits−1``."""
-    return [train_full(dataset, arch, seed + i, epochs=epochs, lr=lr) for i in range(inits)]
+) -> list[float]:
+    """Test accuracies of the full-data baseline: model i is ``train_full(…, seed + i)``."""
+    return [
+        accuracy(train_full(dataset, arch, seed + i, epochs=epochs, lr=lr), dataset.x_test, dataset.y_test)
+        for i in range(inits)
+    ]
 
 
-def distilled_models(
+def distilled_accuracies(
     data: DistilledData,
+    dataset: Dataset,
     arch: Callable[[], nn.Module],
     strategy: str | None,
     *,
     inits: int = 1,
     seed: int = 0,
     **strategy_constants: float,
-) -> list[nn.Module]:
-    """``inits`` fresh models (seeds ``seed …``) trained on ``data`` with ``strategy``."""
+) -> list[float]:
+    """Test accuracies of models trained on ``data``: model i is ``train_on(…, seed + i)``."""
     return [
-        train_on(data, arch, strategy, seed + i, **strategy_constants) for i in range(inits)
+        accuracy(train_on(data, arch, strategy, seed + i, **strategy_constants), dataset.x_test, dataset.y_test)
+        for i in range(inits)
     ]

@@ -1,0 +1,241 @@
+"""One-command reproduction of the paper's experiments (PAPER.md, experiments 2–5, and 1
+behind ``sweeps``).
+
+Protocol, with the paper's settings as the defaults of :class:`Protocol`:
+
+1. full-data baseline: ``baseline_inits`` models per architecture (see
+   :mod:`memdistill.evaluation` for the optimiser);
+2. Table 1: for each architecture A, ``restarts`` distillations with m = ``models`` copies of A;
+   each distilled set trains ``eval_inits`` fresh models of every test architecture with every
+   strategy (none, s1, s2, s3);
+3. Table 2: the same with m = 3 internal models, one of each architecture ("mixed");
+4. sweeps (optional): test accuracy vs internal epochs (1 model, 1 step), internal steps
+   (1 model, 1 epoch) and internal models (10 steps, 1 epoch).
+
+Outputs in ``out``: results.json, report.md, PNG figures and every distilled set under
+``distilled/``, all written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from memdistill import figures
+from memdistill._io import write_json_atomic, write_text_atomic
+from memdistill.architectures import MLP, mlp
+from memdistill.data import Dataset, load_dataset
+from memdistill.distilled import DistilledData
+from memdistill.distiller import Distiller
+from memdistill.evaluation import (
+    baseline_accuracies,
+    distilled_accuracies,
+    median_index,
+    summarize,
+    train_full,
+)
+from memdistill.report import render_report
+from memdistill.training import STRATEGIES, train_on
+
+MIXED = "mixed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Settings of a reproduction; the defaults are the paper's (PAPER.md)."""
+
+    data: str = "moons"
+    archs: tuple[str, ...] = ("1-layer", "2-layer", "4-layer")
+    restarts: int = 10
+    steps: int = 40
+    epochs: int = 5
+    per_class: int = 4
+    models: int = 3
+    outer_epochs: int = 50
+    batch_size: int = 64
+    method: str = "checkpoint"
+    momentum: float = 0.0
+    init_lr: float = 0.02
+    outer_lr: float = 0.01
+    total_epochs: int = 50
+    eval_inits: int = 5
+    baseline_inits: int = 25
+    baseline_epochs: int = 500
+    baseline_lr: float = 0.1
+    seed: int = 0
+    sweep_arch: str = "2-layer"
+    sweep_epochs: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+    sweep_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+    sweep_models: tuple[int, ...] = (1, 2, 5, 10, 20)
+
+
+QUICK = dict(
+    restarts=2, steps=10, epochs=2, outer_epochs=5, outer_lr=0.05, total_epochs=20, eval_inits=2,
+    baseline_inits=10, sweep_epochs=(1, 5), sweep_steps=(1, 5), sweep_models=(1, 3),
+)
+"""Overrides of :class:`Protocol` for ``--quick`` (about 2 minutes on 2 CPU cores); the larger
+outer_lr makes up for the 16× fewer outer steps."""
+
+
+class Clock:
+    """Seconds spent per phase: ``with clock("distill"): ...`` adds to ``clock.seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def distill(protocol: Protocol, dataset: Dataset, archs: Sequence[MLP], seed: int, *,
+            steps: int | None = None, epochs: int | None = None, progress: bool = True) -> DistilledData:
+    """One distillation of the training part with the protocol's settings."""
+    distiller = Distiller(
+        list(archs), steps=steps or protocol.steps, epochs=epochs or protocol.epochs,
+        per_class=protocol.per_class, method=protocol.method, momentum=protocol.momentum,
+        init_lr=protocol.init_lr, outer_lr=protocol.outer_lr, seed=seed, progress=progress,
+    )
+    data = distiller.fit(dataset.x_train, dataset.y_train, protocol.outer_epochs, protocol.batch_size)
+    data.config["data"] = protocol.data
+    return data
+
+
+def sources(protocol: Protocol, arch: Callable[[str], MLP]) -> dict[str, list[MLP]]:
+    """Internal models of each distillation: m copies of each architecture, and one of each."""
+    single = {name: [arch(name)] * protocol.models for name in protocol.archs}
+    return {**single, MIXED: [arch(name) for name in protocol.archs]}
+
+
+def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the protocol, write results.json, report.md, figures and distilled sets to ``out``.
+
+    Returns:
+      The results (the content of results.json).
+    """
+    start, out, clock = time.perf_counter(), Path(out), Clock()
+    dataset = load_dataset(protocol.data)
+
+    def arch(name: str) -> MLP:
+        return mlp(name, dataset.in_features, dataset.out_features)
+
+    test_archs = {name: arch(name) for name in protocol.archs}
+    bar = tqdm(total=len(protocol.archs) * (1 + 2 * protocol.restarts) + 2 * protocol.restarts,
+               desc="reproduce", unit="task", disable=not progress)
+    baseline = {}
+    for name, factory in test_archs.items():
+        bar.set_postfix_str(f"baseline {name}")
+        with clock("baseline"):
+            baseline[name] = baseline_accuracies(dataset, factory, inits=protocol.baseline_inits,
+                                                 epochs=protocol.baseline_epochs, lr=protocol.baseline_lr,
+                                                 seed=protocol.seed)
+        bar.update()
+    distilled: dict[str, list[DistilledData]] = {}
+    accuracies: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for source, archs in sources(protocol, arch).items():
+        distilled[source] = []
+        accuracies[source] = {s: {name: [] for name in test_archs} for s in STRATEGIES}
+        for restart in range(protocol.restarts):
+            bar.set_postfix_str(f"distil {source} restart {restart + 1}/{protocol.restarts}")
+            with clock("distill"):
+                data = distill(protocol, dataset, archs, protocol.seed + restart, progress=progress)
+            data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
+            distilled[source].append(data)
+            bar.update()
+            bar.set_postfix_str(f"evaluate {source} restart {restart + 1}/{protocol.restarts}")
+            with clock("evaluate"):
+                for strategy in STRATEGIES:
+                    for name, factory in test_archs.items():
+                        accuracies[source][strategy][name] += distilled_accuracies(
+                            data, dataset, factory, strategy, inits=protocol.eval_inits,
+                            seed=restart * protocol.eval_inits, total_epochs=protocol.total_epochs)
+            bar.update()
+    bar.close()
+    results: dict[str, Any] = {
+        "baseline": {name: summarize(values) for name, values in baseline.items()},
+        "table1": {source: _summaries(accuracies[source]) for source in protocol.archs},
+        "table2": _summaries(accuracies[MIXED]),
+        "config": dataclasses.asdict(protocol),
+    }
+    if sweeps:
+        with clock("sweeps"):
+            results["sweeps"] = run_sweeps(protocol, dataset, arch(protocol.sweep_arch), progress=progress)
+    with clock("figures"):
+        names = write_figures(out, dataset, test_archs, baseline, distilled, accuracies, results, protocol)
+    results["timing"] = clock.seconds
+    results["seconds"] = time.perf_counter() - start
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "report.md", render_report(results, names))
+    return results
+
+
+def _summaries(by_strategy: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    return {s: {name: summarize(values) for name, values in by_arch.items()} for s, by_arch in by_strategy.items()}
+
+
+def run_sweeps(protocol: Protocol, dataset: Dataset, arch: MLP, *, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Test accuracy of ``arch`` (strategy none, ``eval_inits`` models) vs internal epochs
+    (1 model, 1 step), internal steps (1 model, 1 epoch) and internal models (10 steps, 1 epoch)."""
+    grids = {
+        "epochs": [(dict(steps=1, epochs=v), 1) for v in protocol.sweep_epochs],
+        "steps": [(dict(steps=v, epochs=1), 1) for v in protocol.sweep_steps],
+        "models": [(dict(steps=10, epochs=1), v) for v in protocol.sweep_models],
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for name, points in grids.items():
+        results[name] = {}
+        for (shape, models), value in zip(points, getattr(protocol, f"sweep_{name}")):
+            data = distill(protocol, dataset, [arch] * models, protocol.seed, progress=progress, **shape)
+            accs = distilled_accuracies(data, dataset, arch, None, inits=protocol.eval_inits)
+            results[name][str(value)] = summarize(accs)
+    return results
+
+
+def write_figures(out: Path, dataset: Dataset, test_archs: dict[str, MLP], baseline: dict[str, list[float]],
+                  distilled: dict[str, list[DistilledData]], accuracies: dict, results: dict[str, Any],
+                  protocol: Protocol) -> list[str]:
+    """Write the PNG figures; return their file names (2-D plots only for 2 features)."""
+    plots = {}
+    if dataset.in_features == 2:
+        plots["data.png"] = figures.plot_dataset(dataset)
+        plots["boundaries.png"] = figures.plot_boundaries(dataset, {
+            "full data": [median_baseline(dataset, name, factory, baseline[name], protocol) for name, factory in test_archs.items()],
+            "distilled": [median_distilled(dataset, name, factory, distilled[name], accuracies[name]["none"][name], protocol)
+                          for name, factory in test_archs.items()],
+        })
+        plots["synthetic.png"] = figures.plot_synthetic(dataset, {s: runs[0] for s, runs in distilled.items()})
+    plots["lrs.png"] = figures.plot_lrs({s: runs[0] for s, runs in distilled.items()})
+    groups = {name: {"full data": baseline[name]} for name in test_archs}
+    for source, by_strategy in accuracies.items():
+        for strategy, by_arch in by_strategy.items():
+            for name, values in by_arch.items():
+                groups[name][f"{source}/{strategy}"] = values
+    plots["accuracy.png"] = figures.plot_accuracies(groups)
+    if "sweeps" in results:
+        plots["sweeps.png"] = figures.plot_sweeps(results["sweeps"])
+    for name, figure in plots.items():
+        figures.save_png(figure, out / name)
+    return list(plots)
+
+
+def median_baseline(dataset: Dataset, name: str, factory: MLP, accs: list[float], protocol: Protocol) -> tuple:
+    """(name, model, accuracy) of the median full-data model, retrained from its seed."""
+    i = median_index(accs)
+    model = train_full(dataset, factory, protocol.seed + i, epochs=protocol.baseline_epochs, lr=protocol.baseline_lr)
+    return name, model, accs[i]
+
+
+def median_distilled(dataset: Dataset, name: str, factory: MLP, runs: list[DistilledData], accs: list[float],
+                     protocol: Protocol) -> tuple:
+    """(name, model, accuracy) of the median model trained on data distilled for ``name``."""
+    i = median_index(accs)
+    restart, init = divmod(i, protocol.eval_inits)
+    return name, train_on(runs[restart], factory, None, restart * protocol.eval_inits + init), accs[i]
