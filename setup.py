@@ -1,5 +1,32 @@
-"""Build script. The optional C++/CUDA extension is built only with MEMDISTILL_BUILD_EXT=1
-(see the fast-path issue); a plain install is pure Python."""
+"""Build script. A plain install is pure Python and does not import torch.
+
+With ``MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e .`` it also builds the
+optional extension ``memdistill._C`` (the torch custom ops ``torch.ops.memdistill.*``) from
+``csrc/``: the CPU kernels always, plus ``csrc/cuda/*.cu`` when torch is a CUDA build and its
+CUDA_HOME has nvcc. ``--no-build-isolation`` builds against the installed torch, whose ABI the
+extension must match.
+"""
+import glob
+import os
+
 from setuptools import setup
 
-setup()
+
+def extension() -> dict:
+    """setup() arguments for memdistill._C, or {} unless MEMDISTILL_BUILD_EXT=1."""
+    if os.environ.get("MEMDISTILL_BUILD_EXT") != "1":
+        return {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    flags = {"cxx": ["-O3", "-DPy_LIMITED_API=0x030A0000"]}
+    kind = CppExtension
+    if torch.version.cuda and CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        kind, flags["nvcc"] = CUDAExtension, ["-O3"]
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    return {"ext_modules": [kind("memdistill._C", sources, extra_compile_args=flags, py_limited_api=True)],
+            "cmdclass": {"build_ext": BuildExtension}}
+
+
+setup(**extension())

@@ -1,0 +1,112 @@
+"""The fused MLP step as torch custom ops (optional C++/CUDA extension), with a Python fallback.
+
+``memdistill._C`` is built only on request (``MEMDISTILL_BUILD_EXT=1 pip install
+--no-build-isolation -e .``). Importing it registers, with CPU kernels (csrc/mlp_step.cpp) and,
+in a CUDA build, CUDA kernels (csrc/cuda/mlp_step.cu)::
+
+    memdistill::mlp_value_and_grad(Tensor theta, Tensor x, Tensor y, int[] sizes) -> (Tensor, Tensor)
+    memdistill::mlp_reverse(Tensor theta, Tensor x, Tensor y, Tensor w, int[] sizes)
+        -> (Tensor, Tensor, Tensor, Tensor)
+
+with sizes = [in, h1, …, out] and the contract of :class:`memdistill.fused.FusedMLPStep`:
+θ [B, P], x [b, in] or [B, b, in], y class ids or float targets; value_and_grad returns
+(the B losses l_j [B], g [B, P]) and reverse (g, Hw [B, P], dx (shape of x), dy (shape of y, or an
+empty [0] tensor for class ids)). Without the extension, the wrappers below compute the same
+numbers with the pure-PyTorch FusedMLPStep.
+
+The ops are forward-only (no autograd formula is registered): they already return the first
+and second derivatives the engine needs, so gradcheck does not apply to them.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from memdistill.fused import FusedMLPStep
+
+__all__ = ["ExtensionMLPStep", "backend_info", "extension_available", "mlp_reverse", "mlp_value_and_grad"]
+
+_BUILD_HINT = "build it with MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e ."
+
+try:
+    import memdistill._C as _C  # registers torch.ops.memdistill.*
+except ImportError as error:
+    _C, _REASON = None, f"memdistill._C not importable ({type(error).__name__}: {error}); {_BUILD_HINT}"
+else:
+    _REASON = f"memdistill._C loaded from {_C.__file__} (built with MEMDISTILL_BUILD_EXT=1)"
+
+
+def extension_available() -> bool:
+    """True when memdistill._C is loaded and torch.ops.memdistill.* run its kernels."""
+    return _C is not None
+
+
+def backend_info() -> dict:
+    """Which implementation of the fused MLP step is active, and why.
+
+    Returns:
+      {"backend": "cpp" or "python", "reason": the extension's path or its ImportError,
+       "devices": dispatch keys with a kernel, e.g. ["CPU"] or ["CPU", "CUDA"] ([] for "python")}.
+    """
+    devices = [k for k in ("CPU", "CUDA") if extension_available()
+               and torch._C._dispatch_has_kernel_for_dispatch_key("memdistill::mlp_reverse", k)]
+    return {"backend": "cpp" if extension_available() else "python", "reason": _REASON, "devices": devices}
+
+
+if extension_available():
+    @torch.library.register_fake("memdistill::mlp_value_and_grad")
+    def _(theta: Tensor, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
+        return theta.new_empty(theta.shape[:1]), torch.empty_like(theta)
+
+    @torch.library.register_fake("memdistill::mlp_reverse")
+    def _(theta: Tensor, x: Tensor, y: Tensor, w: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dy = torch.empty_like(y) if y.is_floating_point() else theta.new_empty((0,))
+        return torch.empty_like(theta), torch.empty_like(theta), torch.empty_like(x), dy
+
+
+@functools.lru_cache(maxsize=None)
+def _python_step(sizes: tuple[int, ...]) -> FusedMLPStep:
+    """The pure-PyTorch step for MLP sizes [in, h1, …, out] (a meta-device model: shapes only)."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b, device="meta"), nn.ReLU()]
+    return FusedMLPStep(nn.Sequential(*layers[:-1]))
+
+
+def mlp_value_and_grad(theta: Tensor, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
+    """(l(x, θ_j) [B], g = ∇θ l [B, P]) for B ReLU MLPs of `sizes` = [in, h1, …, out]."""
+    if extension_available():
+        return torch.ops.memdistill.mlp_value_and_grad.default(theta, x, y, sizes)
+    return _python_step(tuple(sizes)).value_and_grad(theta, x, y)
+
+
+def mlp_reverse(theta: Tensor, x: Tensor, y: Tensor, w: Tensor,
+                sizes: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw) for direction w [B, P]; the last is [0] for class ids."""
+    if extension_available():
+        return torch.ops.memdistill.mlp_reverse.default(theta, x, y, w, sizes)
+    g, hw, dx, dy = _python_step(tuple(sizes)).reverse(theta, x, y, w)
+    return g, hw, dx, theta.new_empty((0,)) if dy is None else dy
+
+
+class ExtensionMLPStep(FusedMLPStep):
+    """FusedMLPStep whose value_and_grad and reverse run the C++/CUDA ops of memdistill._C."""
+
+    name = "cpp"
+
+    def __init__(self, model: nn.Sequential):
+        if not extension_available():
+            raise RuntimeError(f"ExtensionMLPStep: {_REASON}")
+        super().__init__(model)
+        self.sizes = [self.layers[0][1], *(out for out, _ in self.layers)]
+
+    def value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ops.memdistill.mlp_value_and_grad.default(theta.contiguous(), x.contiguous(), y.contiguous(),
+                                                               self.sizes)
+
+    def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        g, hw, dx, dy = torch.ops.memdistill.mlp_reverse.default(theta.contiguous(), x.contiguous(), y.contiguous(),
+                                                                 w.contiguous(), self.sizes)
+        return g, hw, dx, dy if y.is_floating_point() else None
