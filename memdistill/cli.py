@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", required=True, type=Path, help="output directory")
     repro.add_argument("--quick", action="store_true", help="a reduced protocol of about 2 minutes: " + ", ".join(f"{k}={v}" for k, v in reproduce.QUICK.items()))
     repro.add_argument("--sweeps", action="store_true", help="also run the hyper-parameter sweeps (paper Fig. 4)")
+    repro.add_argument("--jobs", type=int, default=1, help="distillations run at once in separate processes (default 1; results do not depend on it)")
     repro.add_argument("--data", help=f"data set (default {paper.data})")
     repro.add_argument("--restarts", type=int, help=f"distillations per source (default {paper.restarts})")
     repro.add_argument("--models", type=int, help=f"internal models m of Table 1 (default {paper.models})")
@@ -159,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     fields = [f.name for f in dataclasses.fields(reproduce.Protocol)]
     protocol = reproduce.Protocol(**{**(reproduce.QUICK if args.quick else {}), **_given(args, fields)})
-    results = reproduce.run(protocol, args.out, sweeps=args.sweeps, progress=not args.no_progress)
+    results = reproduce.run(protocol, args.out, sweeps=args.sweeps, progress=not args.no_progress, jobs=args.jobs)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and figures in {results['seconds']:.0f} s")
 
 

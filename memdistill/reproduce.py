@@ -19,12 +19,15 @@ Outputs in ``out``: results.json, report.md, PNG figures and every distilled set
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from memdistill import figures
@@ -109,27 +112,68 @@ def distill(protocol: Protocol, dataset: Dataset, archs: Sequence[MLP], seed: in
     return data
 
 
-def sources(protocol: Protocol, arch: Callable[[str], MLP]) -> dict[str, list[MLP]]:
+def _arch(name: str, dataset: Dataset) -> MLP:
+    return mlp(name, dataset.in_features, dataset.out_features)
+
+
+def sources(protocol: Protocol, dataset: Dataset) -> dict[str, list[MLP]]:
     """Internal models of each distillation: m copies of each architecture, and one of each."""
-    single = {name: [arch(name)] * protocol.models for name in protocol.archs}
-    return {**single, MIXED: [arch(name) for name in protocol.archs]}
+    single = {name: [_arch(name, dataset)] * protocol.models for name in protocol.archs}
+    return {**single, MIXED: [_arch(name, dataset) for name in protocol.archs]}
 
 
-def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the protocol, write results.json, report.md, figures and distilled sets to ``out``.
+def restart_task(protocol: Protocol, source: str, restart: int, out: Path,
+                 progress: bool) -> tuple[DistilledData, dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Distil ``source`` once (seed ``protocol.seed + restart``), save it, and test
+    ``eval_inits`` fresh models of every architecture with every strategy.
 
     Returns:
-      The results (the content of results.json).
+      (the distilled data, accuracies[strategy][test arch], seconds per phase).
     """
+    dataset, clock = load_dataset(protocol.data), Clock()
+    with clock("distill"):
+        data = distill(protocol, dataset, sources(protocol, dataset)[source], protocol.seed + restart, progress=progress)
+    data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
+    with clock("evaluate"):
+        accuracies = {
+            strategy: {name: distilled_accuracies(data, dataset, _arch(name, dataset), strategy,
+                                                  inits=protocol.eval_inits, seed=restart * protocol.eval_inits,
+                                                  total_epochs=protocol.total_epochs)
+                       for name in protocol.archs}
+            for strategy in STRATEGIES
+        }
+    return data, accuracies, clock.seconds
+
+
+def _map(jobs: int, function: Callable, *iterables: Sequence) -> Iterator:
+    """``map`` in this process (jobs = 1) or in ``jobs`` spawned one-thread processes."""
+    if jobs == 1:
+        yield from map(function, *iterables)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(function, *iterables)
+
+
+def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True,
+        jobs: int = 1) -> dict[str, Any]:
+    """Run the protocol, write results.json, report.md, figures and distilled sets to ``out``.
+
+    Args:
+      jobs: distillations run at once in separate processes (1: in this process). The
+        results do not depend on it: every distillation and test model has its own seed.
+
+    Returns:
+      The results (the content of results.json); ``timing`` sums the seconds of each phase
+      over all tasks (with jobs > 1 that exceeds the wall time).
+    """
+    if jobs < 1:
+        raise ValueError(f"reproduce: jobs must be >= 1, got {jobs}")
     start, out, clock = time.perf_counter(), Path(out), Clock()
     dataset = load_dataset(protocol.data)
-
-    def arch(name: str) -> MLP:
-        return mlp(name, dataset.in_features, dataset.out_features)
-
-    test_archs = {name: arch(name) for name in protocol.archs}
-    bar = tqdm(total=len(protocol.archs) * (1 + 2 * protocol.restarts) + 2 * protocol.restarts,
-               desc="reproduce", unit="task", disable=not progress)
+    test_archs = {name: _arch(name, dataset) for name in protocol.archs}
+    tasks = [(source, restart) for source in sources(protocol, dataset) for restart in range(protocol.restarts)]
+    bar = tqdm(total=len(test_archs) + len(tasks), desc="reproduce", unit="task", disable=not progress)
     baseline = {}
     for name, factory in test_archs.items():
         bar.set_postfix_str(f"baseline {name}")
@@ -138,36 +182,29 @@ def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: 
                                                  epochs=protocol.baseline_epochs, lr=protocol.baseline_lr,
                                                  seed=protocol.seed)
         bar.update()
-    distilled: dict[str, list[DistilledData]] = {}
-    accuracies: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for source, archs in sources(protocol, arch).items():
-        distilled[source] = []
-        accuracies[source] = {s: {name: [] for name in test_archs} for s in STRATEGIES}
-        for restart in range(protocol.restarts):
-            bar.set_postfix_str(f"distil {source} restart {restart + 1}/{protocol.restarts}")
-            with clock("distill"):
-                data = distill(protocol, dataset, archs, protocol.seed + restart, progress=progress)
-            data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
-            distilled[source].append(data)
-            bar.update()
-            bar.set_postfix_str(f"evaluate {source} restart {restart + 1}/{protocol.restarts}")
-            with clock("evaluate"):
-                for strategy in STRATEGIES:
-                    for name, factory in test_archs.items():
-                        accuracies[source][strategy][name] += distilled_accuracies(
-                            data, dataset, factory, strategy, inits=protocol.eval_inits,
-                            seed=restart * protocol.eval_inits, total_epochs=protocol.total_epochs)
-            bar.update()
+    distilled: dict[str, list[DistilledData]] = {source: [] for source, _ in tasks}
+    accuracies = {source: {s: {name: [] for name in test_archs} for s in STRATEGIES} for source, _ in tasks}
+    bar.set_postfix_str("distil and evaluate")
+    inner_bars = progress and jobs == 1
+    outputs = _map(jobs, restart_task, [protocol] * len(tasks), *zip(*tasks), [out] * len(tasks), [inner_bars] * len(tasks))
+    for (source, _), (data, accs, seconds) in zip(tasks, outputs):
+        distilled[source].append(data)
+        for strategy, by_arch in accs.items():
+            for name, values in by_arch.items():
+                accuracies[source][strategy][name] += values
+        for phase, value in seconds.items():
+            clock.seconds[phase] = clock.seconds.get(phase, 0.0) + value
+        bar.update()
     bar.close()
     results: dict[str, Any] = {
         "baseline": {name: summarize(values) for name, values in baseline.items()},
         "table1": {source: _summaries(accuracies[source]) for source in protocol.archs},
         "table2": _summaries(accuracies[MIXED]),
-        "config": dataclasses.asdict(protocol),
+        "config": {**dataclasses.asdict(protocol), "jobs": jobs},
     }
     if sweeps:
         with clock("sweeps"):
-            results["sweeps"] = run_sweeps(protocol, dataset, arch(protocol.sweep_arch), progress=progress)
+            results["sweeps"] = run_sweeps(protocol, dataset, _arch(protocol.sweep_arch, dataset), progress=progress)
     with clock("figures"):
         names = write_figures(out, dataset, test_archs, baseline, distilled, accuracies, results, protocol)
     results["timing"] = clock.seconds

@@ -75,6 +75,18 @@ def test_tiny_reproduce_writes_results_report_and_figures(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_reproduce_results_do_not_depend_on_jobs(tmp_path):
+    tiny = ["--quick", "--restarts", "2", "--eval-inits", "1", "--baseline-inits", "1", "--baseline-epochs", "2",
+            "--total-epochs", "2", *TINY]
+    main(["reproduce", "--out", str(tmp_path / "one"), *tiny])
+    main(["reproduce", "--out", str(tmp_path / "two"), "--jobs", "2", *tiny])
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert (one["table1"], one["table2"]) == (two["table1"], two["table2"])
+    assert two["config"]["jobs"] == 2
+    for path in (tmp_path / "one" / "distilled").iterdir():
+        assert path.read_bytes() == (tmp_path / "two" / "distilled" / path.name).read_bytes()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
