@@ -6,6 +6,7 @@ from memdistill import schedules
 from memdistill.hypergradient import Hypergradient
 from memdistill.hypergradient import hypergradient
 from memdistill.hypergradient import unrolled_loss
+from memdistill.ops import backend_info
 from memdistill.architectures import mlp
 from memdistill.data import Dataset
 from memdistill.data import load_dataset
@@ -18,6 +19,7 @@ __all__ = [
     "DistilledData",
     "Distiller",
     "Hypergradient",
+    "backend_info",
     "hypergradient",
     "load_dataset",
     "mlp",

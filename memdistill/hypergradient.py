@@ -14,6 +14,7 @@ from memdistill.dynamics import SGD
 from memdistill.engine import Data, Sweep, run
 from memdistill.fixedpoint import ExactSGD
 from memdistill.fused import FusedMLPStep, is_plain_mlp
+from memdistill.ops import ExtensionMLPStep, backend_info
 from memdistill.steps import GenericStep, LossFn
 from memdistill.validation import check_inputs, check_labels
 
@@ -41,18 +42,30 @@ def _plan(method: str, n: int, snapshots: int | None) -> tuple[str, list[schedul
     return "binomial", schedules.binomial(n, snapshots)
 
 
-STEPS = ("auto", "generic", "fused")
+STEPS = ("auto", "generic", "fused", "cpp")
 
 
-def make_step(model: nn.Module, loss_fn: LossFn | None, step: str) -> GenericStep:
-    """The Step for ``model``: "fused" for a plain ReLU MLP with the default loss, else "generic"."""
+def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto") -> GenericStep:
+    """The Step for ``model``.
+
+    "auto": for a plain ReLU MLP with the default loss the C++ op ("cpp") when memdistill._C
+    has a kernel for the model's device, else the pure-PyTorch fused step ("fused"); for any
+    other module "generic". "generic", "fused" and "cpp" force one (an error if it cannot run).
+    """
     if step not in STEPS:
         raise ValueError(f"hypergradient: unknown step {step!r}; it needs to be one of {list(STEPS)}")
     fusable = is_plain_mlp(model) and loss_fn is None
-    if step == "fused" and not fusable:
-        raise ValueError("hypergradient: step='fused' needs an nn.Sequential(Linear, ReLU, ..., Linear) "
+    if step in ("fused", "cpp") and not fusable:
+        raise ValueError(f"hypergradient: step={step!r} needs an nn.Sequential(Linear, ReLU, ..., Linear) "
                          "with biases and the default loss_fn; use step='auto' or 'generic'")
-    return FusedMLPStep(model) if fusable and step != "generic" else GenericStep(model, loss_fn)
+    if step == "generic" or not fusable:
+        return GenericStep(model, loss_fn)
+    device = next(model.parameters()).device.type.upper()
+    if step == "cpp" and device not in backend_info()["devices"]:
+        raise ValueError(f"hypergradient: step='cpp' has no {device} kernel: {backend_info()['reason']}")
+    if step == "fused" or device not in backend_info()["devices"]:
+        return FusedMLPStep(model)
+    return ExtensionMLPStep(model)
 
 
 def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
@@ -108,8 +121,10 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       loss_fn: ``loss_fn(model(x), y) -> 0-d``; default BCE-with-logits for one output, else
         cross-entropy (soft-label cross-entropy for float [.., C] targets).
       frac_bits: fractional bits of the fixed-point trajectory ("reversible" only).
-      step: "auto" (the fused analytic step for a plain ReLU MLP with the default loss, else
-        the generic autograd step), "generic" or "fused". method="autograd" always runs generic.
+      step: "auto" (for a plain ReLU MLP with the default loss the analytic fused step, as the
+        C++ op "cpp" when memdistill._C is built, else "fused" in PyTorch; for any other model
+        "generic", autograd), or one of "generic", "fused", "cpp". method="autograd" always
+        runs generic.
 
     Returns:
       :class:`Hypergradient` with ``loss``, ``grad_x_syn``, ``grad_lrs``, ``grad_y_syn`` (None

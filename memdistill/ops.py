@@ -100,13 +100,13 @@ class ExtensionMLPStep(FusedMLPStep):
         if not extension_available():
             raise RuntimeError(f"ExtensionMLPStep: {_REASON}")
         super().__init__(model)
-        self.sizes = [self.layers[0][1], *(out for out, _ in self.layers)]
+        self.widths = [self.layers[0][1], *(out for out, _ in self.layers)]
 
     def value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return torch.ops.memdistill.mlp_value_and_grad.default(theta.contiguous(), x.contiguous(), y.contiguous(),
-                                                               self.sizes)
+                                                               self.widths)
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         g, hw, dx, dy = torch.ops.memdistill.mlp_reverse.default(theta.contiguous(), x.contiguous(), y.contiguous(),
-                                                                 w.contiguous(), self.sizes)
+                                                                 w.contiguous(), self.widths)
         return g, hw, dx, dy if y.is_floating_point() else None

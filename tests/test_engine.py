@@ -6,6 +6,7 @@ import torch
 from conftest import make_problem, rel
 
 import memdistill as md
+from memdistill.ops import extension_available
 
 # method, snapshots, momentum: one shared table of variants drives every exactness check.
 VARIANTS = [
@@ -17,6 +18,12 @@ VARIANTS = [
 ]
 CASES = [("mlp-binary", "int"), ("mlp-binary", "soft"), ("mlp-3class", "int"), ("mlp-3class", "soft"),
          ("conv-3class", "int")]
+
+
+def expected_step(model: str, step: str) -> str:
+    if not model.startswith("mlp") or step == "generic":
+        return "generic"
+    return "cpp" if step == "auto" and extension_available() else "fused"
 
 
 def assert_matches(hg, ref, tol):
@@ -31,19 +38,22 @@ def assert_matches(hg, ref, tol):
         assert rel(hg.grad_y_syn, ref.grad_y_syn) <= tol
 
 
-@pytest.mark.parametrize("step", ["auto", "generic"])
+@pytest.mark.parametrize("step", ["auto", "fused", "generic"])
 @pytest.mark.parametrize("model, labels", CASES)
 @pytest.mark.parametrize("method, snapshots, momentum", VARIANTS)
 def test_equals_autograd_float64(model, labels, method, snapshots, momentum, step):
     p = make_problem(model, labels=labels, s=5, epochs=3)   # n = 15: odd, several epochs
     kw = dict(epochs=p.epochs, momentum=momentum)
+    if step == "fused" and not model.startswith("mlp"):
+        with pytest.raises(ValueError, match="step='fused' needs an nn.Sequential"):
+            md.hypergradient(*p.args(), method=method, snapshots=snapshots, step=step, **kw)
+        return
     ref = md.hypergradient(*p.args(), method="autograd", **kw)
     hg = md.hypergradient(*p.args(), method=method, snapshots=snapshots, step=step, **kw)
     assert_matches(hg, ref, 1e-9)
     assert ref.grad_x_syn.abs().sum() > 0 and ref.grad_lrs.abs().sum() > 0  # a non-trivial check
-    fused = model.startswith("mlp") and step == "auto"
-    assert hg.stats["method"] == method and hg.stats["steps"] == 15
-    assert hg.stats["step"] == ("fused" if fused else "generic") and ref.stats["step"] == "generic"
+    assert hg.stats["method"] == method and hg.stats["steps"] == 15 and ref.stats["step"] == "generic"
+    assert hg.stats["step"] == expected_step(model, step)
 
 
 @pytest.mark.parametrize("method, snapshots, momentum", VARIANTS)
@@ -52,7 +62,7 @@ def test_equals_autograd_float32(method, snapshots, momentum):
     kw = dict(epochs=p.epochs, momentum=momentum)
     ref = md.hypergradient(*p.args(), method="autograd", **kw)
     hg = md.hypergradient(*p.args(), method=method, snapshots=snapshots, **kw)
-    assert hg.grad_x_syn.dtype == torch.float32 and hg.stats["step"] == "fused"
+    assert hg.grad_x_syn.dtype == torch.float32 and hg.stats["step"] == expected_step("mlp", "auto")
     assert_matches(hg, ref, 2e-5)
 
 
