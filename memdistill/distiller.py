@@ -174,7 +174,7 @@ class Distiller:
         optimiser = torch.optim.Adam([t for t in (x_syn, rho, logits) if t is not None], lr=self.outer_lr)
         history: list[float] = []
         batches = math.ceil(len(X) / batch_size)
-        with tqdm(total=outer_epochs * batches, desc="distill", unit="step", disable=not self.progress) as bar:
+        with tqdm(total=outer_epochs * batches, desc="distill", unit="step", leave=False, disable=not self.progress) as bar:
             for _ in range(outer_epochs):
                 order = torch.randperm(len(X), generator=generator).to(self.device)
                 for index in order.split(batch_size):
@@ -196,30 +196,27 @@ class Distiller:
 
     def _outer_step(self, x_syn: torch.Tensor, y_syn: torch.Tensor, lrs: torch.Tensor, x_real: torch.Tensor,
                     y_real: torch.Tensor, generator: torch.Generator, step: int) -> float:
-        """Mean outer loss of the m models; leaves ∇L in x_syn.grad, ρ.grad (, logits.grad)."""
-        total, grad_x, grad_lrs, grad_y = 0.0, torch.zeros_like(x_syn), torch.zeros_like(lrs), torch.zeros_like(y_syn, dtype=lrs.dtype)
+        """L = (1/m) Σ_j L_j over fresh θ0's; leaves ∇L in x_syn.grad, ρ.grad (, logits.grad)."""
+        hgs = []
         for arch in self.archs:
-            seed = int(torch.randint(2**62, (1,), generator=generator))
-            model = fresh_model(arch, seed, self.dtype).to(self.device)
+            model = fresh_model(arch, int(torch.randint(2**62, (1,), generator=generator)), self.dtype)
             try:
-                hg = hypergradient(model, x_syn.detach(), y_syn.detach(), lrs.detach(), x_real, y_real,
-                                   epochs=self.epochs, momentum=self.momentum, method=self.method,
-                                   snapshots=self.snapshots)
+                hgs.append(hypergradient(model.to(self.device), x_syn.detach(), y_syn.detach(), lrs.detach(),
+                                         x_real, y_real, epochs=self.epochs, momentum=self.momentum,
+                                         method=self.method, snapshots=self.snapshots))
             except FloatingPointError as error:
                 raise self._diverged(step, f"the inner loop diverged ({error})") from None
-            total += float(hg.loss)
-            grad_x += hg.grad_x_syn
-            grad_lrs += hg.grad_lrs
-            if hg.grad_y_syn is not None:
-                grad_y += hg.grad_y_syn
-        m = len(self.archs)
-        grads = (grad_x / m, grad_lrs / m, grad_y / m)
-        if not (math.isfinite(total) and all(bool(torch.isfinite(g).all()) for g in grads)):
-            raise self._diverged(step, f"the outer loss or its hypergradient is not finite (loss {total / m})")
-        x_syn.grad = grads[0]
-        inputs = [lrs] + ([y_syn] if y_syn.requires_grad else [])
-        torch.autograd.backward(inputs, [grads[1]] + ([grads[2]] if y_syn.requires_grad else []))
-        return total / m
+        loss = sum(float(hg.loss) for hg in hgs) / len(hgs)
+        grad_x = torch.stack([hg.grad_x_syn for hg in hgs]).mean(0)
+        grad_lrs = torch.stack([hg.grad_lrs for hg in hgs]).mean(0)
+        grad_y = torch.stack([hg.grad_y_syn for hg in hgs]).mean(0) if y_syn.requires_grad else None
+        grads = [g for g in (grad_x, grad_lrs, grad_y) if g is not None]
+        if not (math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)):
+            raise self._diverged(step, f"the outer loss or its hypergradient is not finite (loss {loss})")
+        x_syn.grad = grad_x
+        # chain rule through η̃ = softplus(ρ) and ỹ = sigmoid/softmax(logits) into ρ.grad, logits.grad
+        torch.autograd.backward([lrs, y_syn][: len(grads) - 1], grads[1:])
+        return loss
 
     def _diverged(self, step: int, what: str) -> FloatingPointError:
         return FloatingPointError(
