@@ -105,7 +105,8 @@ def plot_lrs(sources: Mapping[str, DistilledData]) -> Figure:
         for epoch in range(1, data.epochs):
             axis.axvline(epoch * data.steps + 0.5, color="lightgrey", lw=0.5)
     axis.set_xlabel("inner step k")
-    axis.set_ylabel("learned learning rate")
+    axis.set_yscale("log")
+    axis.set_ylabel("learned learning rate (log scale)")
     axis.legend()
     return figure
 
