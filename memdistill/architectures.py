@@ -98,9 +98,7 @@ def _hidden_widths(arch: str | Sequence[int]) -> tuple[int, ...]:
     return widths
 
 
-def fresh_model(
-    arch: Callable[[], nn.Module], seed: int, dtype: torch.dtype = torch.float32
-) -> nn.Module:
+def fresh_model(arch: Callable[[], nn.Module], seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """``arch()`` initialised from ``seed`` without touching the global RNG state.
 
     Any zero-argument factory works: the call runs under ``torch.random.fork_rng`` seeded

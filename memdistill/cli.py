@@ -1,15 +1,14 @@
 """The ``memdistill`` command line: ``distill``, ``evaluate`` and ``reproduce``.
 
-    memdistill distill --data moons --arch 2-layer --steps 40 --epochs 5 --models 3 --out DIR
-    memdistill evaluate DIR --test-arch 1-layer,2-layer,4-layer --strategy none,s1,s2,s3
-    memdistill reproduce --out DIR [--quick] [--sweeps]
+memdistill distill --data moons --arch 2-layer --steps 40 --epochs 5 --models 3 --out DIR
+memdistill evaluate DIR --test-arch 1-layer,2-layer,4-layer --strategy none,s1,s2,s3
+memdistill reproduce --out DIR [--quick] [--sweeps]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,9 +34,12 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument("--data", default=default,
-                        help="moons, circles, blobs, breast_cancer, iris, wine, digits or a CSV path"
-                             + (f" (default: {default})" if default else " (default: the one distilled)"))
+    parser.add_argument(
+        "--data",
+        default=default,
+        help="moons, circles, blobs, breast_cancer, iris, wine, digits or a CSV path"
+        + (f" (default: {default})" if default else " (default: the one distilled)"),
+    )
     parser.add_argument("--label", help="label column of a CSV file")
 
 
@@ -45,12 +47,18 @@ def _add_distill_options(parser: argparse.ArgumentParser, defaults: reproduce.Pr
     """Options shared by distill and reproduce (reproduce's defaults depend on --quick)."""
     parser.add_argument("--steps", type=int, help=f"internal steps s per epoch (default {defaults.steps})")
     parser.add_argument("--epochs", type=int, help=f"internal epochs e (default {defaults.epochs})")
-    parser.add_argument("--per-class", type=int, help=f"synthetic objects per class per step (default {defaults.per_class})")
+    parser.add_argument(
+        "--per-class", type=int, help=f"synthetic objects per class per step (default {defaults.per_class})"
+    )
     parser.add_argument("--method", choices=METHODS, help=f"hypergradient method (default {defaults.method})")
     parser.add_argument("--momentum", type=float, help=f"inner SGD momentum (default {defaults.momentum})")
-    parser.add_argument("--init-lr", type=float, help=f"initial learned learning rate (default {defaults.init_lr})")
+    parser.add_argument(
+        "--init-lr", type=float, help=f"initial learned learning rate (default {defaults.init_lr})"
+    )
     parser.add_argument("--outer-lr", type=float, help=f"Adam learning rate (default {defaults.outer_lr})")
-    parser.add_argument("--outer-epochs", type=int, help=f"passes over the real data (default {defaults.outer_epochs})")
+    parser.add_argument(
+        "--outer-epochs", type=int, help=f"passes over the real data (default {defaults.outer_epochs})"
+    )
     parser.add_argument("--batch-size", type=int, help=f"real minibatch size (default {defaults.batch_size})")
     parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -58,45 +66,112 @@ def _add_distill_options(parser: argparse.ArgumentParser, defaults: reproduce.Pr
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the three commands."""
-    parser = argparse.ArgumentParser(prog="memdistill", description="Dataset distillation with exact, memory-bounded hypergradients.")
+    parser = argparse.ArgumentParser(
+        prog="memdistill", description="Dataset distillation with exact, memory-bounded hypergradients."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     paper = reproduce.Protocol()
 
-    distill = commands.add_parser("distill", help="distil a data set", description="Distil a data set into DIR/" + DATA_FILE + ".")
+    distill = commands.add_parser(
+        "distill", help="distil a data set", description="Distil a data set into DIR/" + DATA_FILE + "."
+    )
     _add_data_options(distill, "moons")
-    distill.add_argument("--arch", action="append", help="internal model architecture: N-layer or mlp[w1,w2,...]; repeat for mixed models (default 2-layer)")
-    distill.add_argument("--models", type=int, help="internal models m (default: 3 copies of a single --arch, else one per --arch)")
+    distill.add_argument(
+        "--arch",
+        action="append",
+        help="internal model architecture: N-layer or mlp[w1,w2,...]; repeat for mixed models (default 2-layer)",
+    )
+    distill.add_argument(
+        "--models",
+        type=int,
+        help="internal models m (default: 3 copies of a single --arch, else one per --arch)",
+    )
     _add_distill_options(distill, paper)
     distill.add_argument("--soft-labels", action="store_true", help="also learn soft labels")
-    distill.add_argument("--dtype", choices=list(DTYPES), default="float32", help="float dtype (default float32)")
+    distill.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32", help="float dtype (default float32)"
+    )
     distill.add_argument("--out", required=True, type=Path, help="output directory")
 
-    evaluate = commands.add_parser("evaluate", help="train fresh models on distilled data and test them",
-                                   description="Train fresh models on DIR/" + DATA_FILE + " with each strategy; report test accuracy.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="train fresh models on distilled data and test them",
+        description="Train fresh models on DIR/" + DATA_FILE + " with each strategy; report test accuracy.",
+    )
     evaluate.add_argument("dir", type=Path, help="directory written by distill (or the .safetensors file)")
-    evaluate.add_argument("--test-arch", type=_comma_list, default=["1-layer", "2-layer", "4-layer"], help="comma-separated architectures (default 1-layer,2-layer,4-layer)")
-    evaluate.add_argument("--strategy", type=_comma_list, default=list(STRATEGIES), help="comma-separated from none,s1,s2,s3 (default all)")
-    evaluate.add_argument("--inits", type=int, default=10, help="fresh models per architecture and strategy (default 10)")
-    evaluate.add_argument("--total-epochs", type=int, default=paper.total_epochs, help=f"epochs of strategies s1-s3 (default {paper.total_epochs})")
+    evaluate.add_argument(
+        "--test-arch",
+        type=_comma_list,
+        default=["1-layer", "2-layer", "4-layer"],
+        help="comma-separated architectures (default 1-layer,2-layer,4-layer)",
+    )
+    evaluate.add_argument(
+        "--strategy",
+        type=_comma_list,
+        default=list(STRATEGIES),
+        help="comma-separated from none,s1,s2,s3 (default all)",
+    )
+    evaluate.add_argument(
+        "--inits", type=int, default=10, help="fresh models per architecture and strategy (default 10)"
+    )
+    evaluate.add_argument(
+        "--total-epochs",
+        type=int,
+        default=paper.total_epochs,
+        help=f"epochs of strategies s1-s3 (default {paper.total_epochs})",
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first model (default 0)")
-    evaluate.add_argument("--baseline", action="store_true", help="also train on all the training data (full-data baseline)")
-    evaluate.add_argument("--baseline-inits", type=int, default=paper.baseline_inits, help=f"baseline models (default {paper.baseline_inits})")
-    evaluate.add_argument("--baseline-epochs", type=int, default=paper.baseline_epochs, help=f"baseline gradient steps (default {paper.baseline_epochs})")
+    evaluate.add_argument(
+        "--baseline", action="store_true", help="also train on all the training data (full-data baseline)"
+    )
+    evaluate.add_argument(
+        "--baseline-inits",
+        type=int,
+        default=paper.baseline_inits,
+        help=f"baseline models (default {paper.baseline_inits})",
+    )
+    evaluate.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=paper.baseline_epochs,
+        help=f"baseline gradient steps (default {paper.baseline_epochs})",
+    )
     _add_data_options(evaluate, None)
 
-    repro = commands.add_parser("reproduce", help="run the paper's protocol, write results.json, report.md and figures",
-                                description="Run the paper's experiments 2-5 (and the Fig. 4 sweeps with --sweeps); paper settings by default.")
+    repro = commands.add_parser(
+        "reproduce",
+        help="run the paper's protocol, write results.json, report.md and figures",
+        description="Run the paper's experiments 2-5 (and the Fig. 4 sweeps with --sweeps); paper settings by default.",
+    )
     repro.add_argument("--out", required=True, type=Path, help="output directory")
-    repro.add_argument("--quick", action="store_true", help="a reduced protocol of about 2 minutes: " + ", ".join(f"{k}={v}" for k, v in reproduce.QUICK.items()))
-    repro.add_argument("--sweeps", action="store_true", help="also run the hyper-parameter sweeps (paper Fig. 4)")
-    repro.add_argument("--jobs", type=int, default=1, help="distillations run at once in separate processes (default 1; results do not depend on it)")
+    repro.add_argument(
+        "--quick",
+        action="store_true",
+        help="a reduced protocol of about 2 minutes: "
+        + ", ".join(f"{k}={v}" for k, v in reproduce.QUICK.items()),
+    )
+    repro.add_argument(
+        "--sweeps", action="store_true", help="also run the hyper-parameter sweeps (paper Fig. 4)"
+    )
+    repro.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="distillations run at once in separate processes (default 1; results do not depend on it)",
+    )
     repro.add_argument("--data", help=f"data set (default {paper.data})")
     repro.add_argument("--restarts", type=int, help=f"distillations per source (default {paper.restarts})")
     repro.add_argument("--models", type=int, help=f"internal models m of Table 1 (default {paper.models})")
-    repro.add_argument("--total-epochs", type=int, help=f"epochs of strategies s1-s3 (default {paper.total_epochs})")
+    repro.add_argument(
+        "--total-epochs", type=int, help=f"epochs of strategies s1-s3 (default {paper.total_epochs})"
+    )
     repro.add_argument("--eval-inits", type=int, help=f"test models per restart (default {paper.eval_inits})")
-    repro.add_argument("--baseline-inits", type=int, help=f"full-data models (default {paper.baseline_inits})")
-    repro.add_argument("--baseline-epochs", type=int, help=f"full-data gradient steps (default {paper.baseline_epochs})")
+    repro.add_argument(
+        "--baseline-inits", type=int, help=f"full-data models (default {paper.baseline_inits})"
+    )
+    repro.add_argument(
+        "--baseline-epochs", type=int, help=f"full-data gradient steps (default {paper.baseline_epochs})"
+    )
     _add_distill_options(repro, paper)
     return parser
 
@@ -119,13 +194,23 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
 def cmd_distill(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.data, label=args.label)
     archs = _archs(args.arch or ["2-layer"], args.models, dataset)
-    options = _given(args, ["steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr", "seed"])
-    distiller = Distiller(archs, **options, soft_labels=args.soft_labels, dtype=DTYPES[args.dtype], progress=not args.no_progress)
+    options = _given(
+        args, ["steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr", "seed"]
+    )
+    distiller = Distiller(
+        archs,
+        **options,
+        soft_labels=args.soft_labels,
+        dtype=DTYPES[args.dtype],
+        progress=not args.no_progress,
+    )
     fit = _given(args, ["outer_epochs", "batch_size"])
     data = distiller.fit(dataset.x_train, dataset.y_train, **fit)
     data.config.update(data=args.data, label=args.label)
     path = data.save(args.out / DATA_FILE)
-    print(f"wrote {path}: x {list(data.x.shape)}, {data.lrs.numel()} learning rates, final outer loss {data.history[-1]:.4f}")
+    print(
+        f"wrote {path}: x {list(data.x.shape)}, {data.lrs.numel()} learning rates, final outer loss {data.history[-1]:.4f}"
+    )
     for name in dict.fromkeys(data.config["archs"]):
         factory = mlp(name, dataset.in_features, dataset.out_features)
         acc = distilled_accuracies(data, dataset, factory, None)[0]
@@ -143,16 +228,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     unknown = [s for s in args.strategy if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"evaluate: unknown strategy {unknown[0]!r}; expected one of {list(STRATEGIES)}")
-    table = {strategy: {arch: summarize(distilled_accuracies(data, dataset, factory, strategy, inits=args.inits,
-                                                             seed=args.seed, total_epochs=args.total_epochs))
-                        for arch, factory in archs.items()}
-             for strategy in args.strategy}
+    table = {
+        strategy: {
+            arch: summarize(
+                distilled_accuracies(
+                    data,
+                    dataset,
+                    factory,
+                    strategy,
+                    inits=args.inits,
+                    seed=args.seed,
+                    total_epochs=args.total_epochs,
+                )
+            )
+            for arch, factory in archs.items()
+        }
+        for strategy in args.strategy
+    }
     result = {"data": name, "file": str(path), "inits": args.inits, "table": table}
     print(markdown_table(["strategy", *archs], strategy_table(table)))
     if args.baseline:
-        result["baseline"] = {arch: summarize(baseline_accuracies(dataset, factory, inits=args.baseline_inits,
-                                                                  epochs=args.baseline_epochs))
-                              for arch, factory in archs.items()}
+        result["baseline"] = {
+            arch: summarize(
+                baseline_accuracies(dataset, factory, inits=args.baseline_inits, epochs=args.baseline_epochs)
+            )
+            for arch, factory in archs.items()
+        }
         print("\nfull-data baseline:\n" + baseline_table(result["baseline"]))
     write_json_atomic(path.parent / "evaluation.json", result)
 
@@ -160,8 +261,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     fields = [f.name for f in dataclasses.fields(reproduce.Protocol)]
     protocol = reproduce.Protocol(**{**(reproduce.QUICK if args.quick else {}), **_given(args, fields)})
-    results = reproduce.run(protocol, args.out, sweeps=args.sweeps, progress=not args.no_progress, jobs=args.jobs)
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and figures in {results['seconds']:.0f} s")
+    results = reproduce.run(
+        protocol, args.out, sweeps=args.sweeps, progress=not args.no_progress, jobs=args.jobs
+    )
+    print(
+        f"wrote {args.out / 'results.json'}, {args.out / 'report.md'} and figures in {results['seconds']:.0f} s"
+    )
 
 
 COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce}

@@ -95,9 +95,7 @@ def _synthetic(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if name == "moons":
         return sklearn.datasets.make_moons(PAPER_SAMPLES, noise=PAPER_NOISE, random_state=seed)
     if name == "circles":
-        return sklearn.datasets.make_circles(
-            PAPER_SAMPLES, noise=PAPER_NOISE, factor=0.5, random_state=seed
-        )
+        return sklearn.datasets.make_circles(PAPER_SAMPLES, noise=PAPER_NOISE, factor=0.5, random_state=seed)
     return sklearn.datasets.make_blobs(PAPER_SAMPLES, centers=3, random_state=seed)
 
 

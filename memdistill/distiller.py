@@ -19,7 +19,6 @@ All randomness comes from one ``torch.Generator`` seeded with ``seed``: same see
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -112,7 +111,9 @@ class Distiller:
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
         if not all(callable(arch) for arch in archs):
-            raise TypeError("Distiller: every entry of archs must be a zero-argument callable returning an nn.Module")
+            raise TypeError(
+                "Distiller: every entry of archs must be a zero-argument callable returning an nn.Module"
+            )
         for name, value in (("steps", steps), ("epochs", epochs), ("per_class", per_class)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Distiller: {name} must be an int >= 1, got {value!r}")
@@ -135,15 +136,29 @@ class Distiller:
     def config(self, classes: int, in_shape: Sequence[int], outer_epochs: int, batch_size: int) -> dict:
         """The JSON-serialisable settings recorded in the DistilledData."""
         return {
-            "archs": [getattr(arch, "name", getattr(arch, "__qualname__", type(arch).__name__)) for arch in self.archs],
-            "steps": self.steps, "epochs": self.epochs, "per_class": self.per_class,
-            "method": self.method, "momentum": self.momentum, "snapshots": self.snapshots,
-            "init_lr": self.init_lr, "outer_lr": self.outer_lr, "soft_labels": self.soft_labels,
-            "dtype": str(self.dtype).removeprefix("torch."), "classes": classes,
-            "in_shape": list(in_shape), "outer_epochs": outer_epochs, "batch_size": batch_size,
+            "archs": [
+                getattr(arch, "name", getattr(arch, "__qualname__", type(arch).__name__))
+                for arch in self.archs
+            ],
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "per_class": self.per_class,
+            "method": self.method,
+            "momentum": self.momentum,
+            "snapshots": self.snapshots,
+            "init_lr": self.init_lr,
+            "outer_lr": self.outer_lr,
+            "soft_labels": self.soft_labels,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "classes": classes,
+            "in_shape": list(in_shape),
+            "outer_epochs": outer_epochs,
+            "batch_size": batch_size,
         }
 
-    def fit(self, X: torch.Tensor, y: torch.Tensor, outer_epochs: int = 50, batch_size: int = 64) -> DistilledData:
+    def fit(
+        self, X: torch.Tensor, y: torch.Tensor, outer_epochs: int = 50, batch_size: int = 64
+    ) -> DistilledData:
         """Distil (X, y) into s·b synthetic objects and s·e learning rates.
 
         Args:
@@ -166,15 +181,24 @@ class Distiller:
         outputs = self._outputs(X, classes)
         generator = torch.Generator().manual_seed(self.seed)
         labels = balanced_labels(self.steps, self.per_class, classes).to(self.device)
-        x_syn = torch.randn((self.steps, labels.shape[1], *X.shape[1:]), generator=generator, dtype=self.dtype)
+        x_syn = torch.randn(
+            (self.steps, labels.shape[1], *X.shape[1:]), generator=generator, dtype=self.dtype
+        )
         x_syn = x_syn.to(self.device).requires_grad_()
-        rho = torch.full((self.steps * self.epochs,), inverse_softplus(self.init_lr), dtype=self.dtype,
-                         device=self.device, requires_grad=True)
+        rho = torch.full(
+            (self.steps * self.epochs,),
+            inverse_softplus(self.init_lr),
+            dtype=self.dtype,
+            device=self.device,
+            requires_grad=True,
+        )
         logits = soft_label_logits(labels, outputs, self.dtype).requires_grad_() if self.soft_labels else None
         optimiser = torch.optim.Adam([t for t in (x_syn, rho, logits) if t is not None], lr=self.outer_lr)
         history: list[float] = []
         batches = math.ceil(len(X) / batch_size)
-        with tqdm(total=outer_epochs * batches, desc="distill", unit="step", leave=False, disable=not self.progress) as bar:
+        with tqdm(
+            total=outer_epochs * batches, desc="distill", unit="step", leave=False, disable=not self.progress
+        ) as bar:
             for _ in range(outer_epochs):
                 order = torch.randperm(len(X), generator=generator).to(self.device)
                 for index in order.split(batch_size):
@@ -188,22 +212,43 @@ class Distiller:
                     bar.update()
         y_final = labels if logits is None else soft_labels_from_logits(logits, outputs)
         return DistilledData(
-            x=x_syn.detach().cpu().clone(), y=y_final.detach().cpu().clone(),
+            x=x_syn.detach().cpu().clone(),
+            y=y_final.detach().cpu().clone(),
             lrs=nn.functional.softplus(rho).detach().cpu().clone(),
             config=self.config(classes, list(X.shape[1:]), outer_epochs, batch_size),
-            seed=self.seed, history=history,
+            seed=self.seed,
+            history=history,
         )
 
-    def _outer_step(self, x_syn: torch.Tensor, y_syn: torch.Tensor, lrs: torch.Tensor, x_real: torch.Tensor,
-                    y_real: torch.Tensor, generator: torch.Generator, step: int) -> float:
+    def _outer_step(
+        self,
+        x_syn: torch.Tensor,
+        y_syn: torch.Tensor,
+        lrs: torch.Tensor,
+        x_real: torch.Tensor,
+        y_real: torch.Tensor,
+        generator: torch.Generator,
+        step: int,
+    ) -> float:
         """L = (1/m) Σ_j L_j over fresh θ0's; leaves ∇L in x_syn.grad, ρ.grad (, logits.grad)."""
         hgs = []
         for arch in self.archs:
             model = fresh_model(arch, int(torch.randint(2**62, (1,), generator=generator)), self.dtype)
             try:
-                hgs.append(hypergradient(model.to(self.device), x_syn.detach(), y_syn.detach(), lrs.detach(),
-                                         x_real, y_real, epochs=self.epochs, momentum=self.momentum,
-                                         method=self.method, snapshots=self.snapshots))
+                hgs.append(
+                    hypergradient(
+                        model.to(self.device),
+                        x_syn.detach(),
+                        y_syn.detach(),
+                        lrs.detach(),
+                        x_real,
+                        y_real,
+                        epochs=self.epochs,
+                        momentum=self.momentum,
+                        method=self.method,
+                        snapshots=self.snapshots,
+                    )
+                )
             except FloatingPointError as error:
                 raise self._diverged(step, f"the inner loop diverged ({error})") from None
         loss = sum(float(hg.loss) for hg in hgs) / len(hgs)
@@ -225,18 +270,25 @@ class Distiller:
             f"(now {self.steps}×{self.epochs}), or use dtype=torch.float64"
         )
 
-    def _check_real(self, X: torch.Tensor, y: torch.Tensor, outer_epochs: int,
-                    batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_real(
+        self, X: torch.Tensor, y: torch.Tensor, outer_epochs: int, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """X as a finite [N, *in_shape] tensor of self.dtype, y as int64 [N] ids with ≥ 2 classes."""
         X, y = torch.as_tensor(X), torch.as_tensor(y)
         if X.ndim < 2 or len(X) < 1 or not X.is_floating_point():
-            raise ValueError(f"Distiller.fit: X must be a float tensor [N, *in_shape], got {X.dtype} {list(X.shape)}")
+            raise ValueError(
+                f"Distiller.fit: X must be a float tensor [N, *in_shape], got {X.dtype} {list(X.shape)}"
+            )
         if not bool(torch.isfinite(X).all()):
             raise ValueError("Distiller.fit: X must be finite, got NaN or inf values")
         if y.shape != (len(X),) or y.is_floating_point() or y.is_complex():
-            raise ValueError(f"Distiller.fit: y must be integer class ids of shape [{len(X)}], got {y.dtype} {list(y.shape)}")
+            raise ValueError(
+                f"Distiller.fit: y must be integer class ids of shape [{len(X)}], got {y.dtype} {list(y.shape)}"
+            )
         if len(y.unique()) < 2 or int(y.min()) < 0:
-            raise ValueError(f"Distiller.fit: y must hold class ids 0 … C−1 of at least 2 classes, got {y.unique().tolist()}")
+            raise ValueError(
+                f"Distiller.fit: y must hold class ids 0 … C−1 of at least 2 classes, got {y.unique().tolist()}"
+            )
         for name, value in (("outer_epochs", outer_epochs), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Distiller.fit: {name} must be an int >= 1, got {value!r}")
@@ -252,5 +304,7 @@ class Distiller:
             raise ValueError(f"Distiller: all archs must have the same number of outputs, got {widths}")
         if widths[0] not in ((1, 2) if classes == 2 else (classes,)):
             expected = "1 (a logit) or 2" if classes == 2 else str(classes)
-            raise ValueError(f"Distiller: archs have {widths[0]} outputs but y has {classes} classes; expected {expected}")
+            raise ValueError(
+                f"Distiller: archs have {widths[0]} outputs but y has {classes} classes; expected {expected}"
+            )
         return widths[0]

@@ -107,6 +107,8 @@ def distilled_accuracies(
 ) -> list[float]:
     """Test accuracies of models trained on ``data``: model i is ``train_on(…, seed + i)``."""
     return [
-        accuracy(train_on(data, arch, strategy, seed + i, **strategy_constants), dataset.x_test, dataset.y_test)
+        accuracy(
+            train_on(data, arch, strategy, seed + i, **strategy_constants), dataset.x_test, dataset.y_test
+        )
         for i in range(inits)
     ]

@@ -67,7 +67,9 @@ def plot_boundaries(dataset: Dataset, rows: Mapping[str, Sequence[tuple[str, nn.
         for column, (arch, model, acc) in enumerate(panels):
             axis = axes[row, column]
             regions = predict(model, grid).reshape(grid_x.shape).numpy()
-            axis.contourf(grid_x, grid_y, regions, levels=np.arange(dataset.classes + 1) - 0.5, cmap=CMAP, alpha=0.3)
+            axis.contourf(
+                grid_x, grid_y, regions, levels=np.arange(dataset.classes + 1) - 0.5, cmap=CMAP, alpha=0.3
+            )
             _scatter_classes(axis, dataset.x_test, dataset.y_test, dataset.classes, s=5)
             axis.set_title(f"{title}: {arch} (acc {acc:.3f})", fontsize=9)
     return figure
@@ -85,11 +87,17 @@ def plot_synthetic(dataset: Dataset, sources: Mapping[str, DistilledData]) -> Fi
     axes = np.atleast_2d(figure.subplots(len(sources), len(steps), squeeze=False))
     x0, x1, y0, y1 = _bounds(dataset)
     for row, (name, data) in enumerate(sources.items()):
-        labels = data.y if not data.y.is_floating_point() else (data.y.argmax(-1) if data.y.ndim == 3 else data.y > 0.5)
+        labels = (
+            data.y
+            if not data.y.is_floating_point()
+            else (data.y.argmax(-1) if data.y.ndim == 3 else data.y > 0.5)
+        )
         for column, step in enumerate(steps):
             axis = axes[row, column]
             axis.scatter(dataset.x_train[:, 0], dataset.x_train[:, 1], c="lightgrey", s=3)
-            _scatter_classes(axis, data.x[step - 1], labels[step - 1].long(), dataset.classes, s=40, edgecolors="k")
+            _scatter_classes(
+                axis, data.x[step - 1], labels[step - 1].long(), dataset.classes, s=40, edgecolors="k"
+            )
             axis.set_xlim(min(x0, float(data.x[..., 0].min())), max(x1, float(data.x[..., 0].max())))
             axis.set_ylim(min(y0, float(data.x[..., 1].min())), max(y1, float(data.x[..., 1].max())))
             axis.set_title(f"{name}: step {step}", fontsize=9)

@@ -24,9 +24,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def strategy_table(by_strategy: Mapping[str, Mapping[str, Mapping[str, Any]]], first: Sequence[str] = ()) -> list[list[str]]:
+def strategy_table(
+    by_strategy: Mapping[str, Mapping[str, Mapping[str, Any]]], first: Sequence[str] = ()
+) -> list[list[str]]:
     """Rows ``[*first, strategy, mean ± std per test architecture…]`` of {strategy: {arch: summary}}."""
-    return [[*first, strategy, *(cell(s) for s in by_arch.values())] for strategy, by_arch in by_strategy.items()]
+    return [
+        [*first, strategy, *(cell(s) for s in by_arch.values())] for strategy, by_arch in by_strategy.items()
+    ]
 
 
 def baseline_table(baseline: Mapping[str, Mapping[str, Any]]) -> str:
@@ -47,7 +51,8 @@ def render_report(results: Mapping[str, Any], figures: Sequence[str]) -> str:
         f"{config['outer_epochs']} outer epochs of batch {config['batch_size']}, method "
         f"`{config['method']}`; strategies train {config['total_epochs']} epochs; "
         f"{config['eval_inits']} test models per restart. Total time {results['seconds']:.0f} s ("
-        + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in results.get("timing", {}).items()) + ").",
+        + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in results.get("timing", {}).items())
+        + ").",
         "Cells: test accuracy, mean ± std over restarts × test initialisations.",
         f"## Full-data baseline ({config['baseline_inits']} initialisations, "
         f"{config['baseline_epochs']} full-batch gradient steps at lr {config['baseline_lr']})",

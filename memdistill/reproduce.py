@@ -79,8 +79,17 @@ class Protocol:
 
 
 QUICK = dict(
-    restarts=2, steps=10, epochs=2, outer_epochs=5, outer_lr=0.05, total_epochs=20, eval_inits=2,
-    baseline_inits=10, sweep_epochs=(1, 5), sweep_steps=(1, 5), sweep_models=(1, 3),
+    restarts=2,
+    steps=10,
+    epochs=2,
+    outer_epochs=5,
+    outer_lr=0.05,
+    total_epochs=20,
+    eval_inits=2,
+    baseline_inits=10,
+    sweep_epochs=(1, 5),
+    sweep_steps=(1, 5),
+    sweep_models=(1, 3),
 )
 """Overrides of :class:`Protocol` for ``--quick`` (about 2 minutes on 2 CPU cores); the larger
 outer_lr makes up for the 16× fewer outer steps."""
@@ -99,13 +108,28 @@ class Clock:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def distill(protocol: Protocol, dataset: Dataset, archs: Sequence[MLP], seed: int, *,
-            steps: int | None = None, epochs: int | None = None, progress: bool = True) -> DistilledData:
+def distill(
+    protocol: Protocol,
+    dataset: Dataset,
+    archs: Sequence[MLP],
+    seed: int,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> DistilledData:
     """One distillation of the training part with the protocol's settings."""
     distiller = Distiller(
-        list(archs), steps=steps or protocol.steps, epochs=epochs or protocol.epochs,
-        per_class=protocol.per_class, method=protocol.method, momentum=protocol.momentum,
-        init_lr=protocol.init_lr, outer_lr=protocol.outer_lr, seed=seed, progress=progress,
+        list(archs),
+        steps=steps or protocol.steps,
+        epochs=epochs or protocol.epochs,
+        per_class=protocol.per_class,
+        method=protocol.method,
+        momentum=protocol.momentum,
+        init_lr=protocol.init_lr,
+        outer_lr=protocol.outer_lr,
+        seed=seed,
+        progress=progress,
     )
     data = distiller.fit(dataset.x_train, dataset.y_train, protocol.outer_epochs, protocol.batch_size)
     data.config["data"] = protocol.data
@@ -122,8 +146,9 @@ def sources(protocol: Protocol, dataset: Dataset) -> dict[str, list[MLP]]:
     return {**single, MIXED: [_arch(name, dataset) for name in protocol.archs]}
 
 
-def restart_task(protocol: Protocol, source: str, restart: int, out: Path,
-                 progress: bool) -> tuple[DistilledData, dict[str, dict[str, list[float]]], dict[str, float]]:
+def restart_task(
+    protocol: Protocol, source: str, restart: int, out: Path, progress: bool
+) -> tuple[DistilledData, dict[str, dict[str, list[float]]], dict[str, float]]:
     """Distil ``source`` once (seed ``protocol.seed + restart``), save it, and test
     ``eval_inits`` fresh models of every architecture with every strategy.
 
@@ -132,14 +157,24 @@ def restart_task(protocol: Protocol, source: str, restart: int, out: Path,
     """
     dataset, clock = load_dataset(protocol.data), Clock()
     with clock("distill"):
-        data = distill(protocol, dataset, sources(protocol, dataset)[source], protocol.seed + restart, progress=progress)
+        data = distill(
+            protocol, dataset, sources(protocol, dataset)[source], protocol.seed + restart, progress=progress
+        )
     data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
     with clock("evaluate"):
         accuracies = {
-            strategy: {name: distilled_accuracies(data, dataset, _arch(name, dataset), strategy,
-                                                  inits=protocol.eval_inits, seed=restart * protocol.eval_inits,
-                                                  total_epochs=protocol.total_epochs)
-                       for name in protocol.archs}
+            strategy: {
+                name: distilled_accuracies(
+                    data,
+                    dataset,
+                    _arch(name, dataset),
+                    strategy,
+                    inits=protocol.eval_inits,
+                    seed=restart * protocol.eval_inits,
+                    total_epochs=protocol.total_epochs,
+                )
+                for name in protocol.archs
+            }
             for strategy in STRATEGIES
         }
     return data, accuracies, clock.seconds
@@ -151,12 +186,15 @@ def _map(jobs: int, function: Callable, *iterables: Sequence) -> Iterator:
         yield from map(function, *iterables)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         yield from pool.map(function, *iterables)
 
 
-def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True,
-        jobs: int = 1) -> dict[str, Any]:
+def run(
+    protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True, jobs: int = 1
+) -> dict[str, Any]:
     """Run the protocol, write results.json, report.md, figures and distilled sets to ``out``.
 
     Args:
@@ -172,21 +210,35 @@ def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: 
     start, out, clock = time.perf_counter(), Path(out), Clock()
     dataset = load_dataset(protocol.data)
     test_archs = {name: _arch(name, dataset) for name in protocol.archs}
-    tasks = [(source, restart) for source in sources(protocol, dataset) for restart in range(protocol.restarts)]
+    tasks = [
+        (source, restart) for source in sources(protocol, dataset) for restart in range(protocol.restarts)
+    ]
     bar = tqdm(total=len(test_archs) + len(tasks), desc="reproduce", unit="task", disable=not progress)
     baseline = {}
     for name, factory in test_archs.items():
         bar.set_postfix_str(f"baseline {name}")
         with clock("baseline"):
-            baseline[name] = baseline_accuracies(dataset, factory, inits=protocol.baseline_inits,
-                                                 epochs=protocol.baseline_epochs, lr=protocol.baseline_lr,
-                                                 seed=protocol.seed)
+            baseline[name] = baseline_accuracies(
+                dataset,
+                factory,
+                inits=protocol.baseline_inits,
+                epochs=protocol.baseline_epochs,
+                lr=protocol.baseline_lr,
+                seed=protocol.seed,
+            )
         bar.update()
     distilled: dict[str, list[DistilledData]] = {source: [] for source, _ in tasks}
     accuracies = {source: {s: {name: [] for name in test_archs} for s in STRATEGIES} for source, _ in tasks}
     bar.set_postfix_str("distil and evaluate")
     inner_bars = progress and jobs == 1
-    outputs = _map(jobs, restart_task, [protocol] * len(tasks), *zip(*tasks), [out] * len(tasks), [inner_bars] * len(tasks))
+    outputs = _map(
+        jobs,
+        restart_task,
+        [protocol] * len(tasks),
+        *zip(*tasks),
+        [out] * len(tasks),
+        [inner_bars] * len(tasks),
+    )
     for (source, _), (data, accs, seconds) in zip(tasks, outputs):
         distilled[source].append(data)
         for strategy, by_arch in accs.items():
@@ -204,7 +256,9 @@ def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: 
     }
     if sweeps:
         with clock("sweeps"):
-            results["sweeps"] = run_sweeps(protocol, dataset, _arch(protocol.sweep_arch, dataset), progress=progress)
+            results["sweeps"] = run_sweeps(
+                protocol, dataset, _arch(protocol.sweep_arch, dataset), progress=progress
+            )
     with clock("figures"):
         names = write_figures(out, dataset, test_archs, baseline, distilled, accuracies, results, protocol)
     results["timing"] = clock.seconds
@@ -215,10 +269,14 @@ def run(protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: 
 
 
 def _summaries(by_strategy: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    return {s: {name: summarize(values) for name, values in by_arch.items()} for s, by_arch in by_strategy.items()}
+    return {
+        s: {name: summarize(values) for name, values in by_arch.items()} for s, by_arch in by_strategy.items()
+    }
 
 
-def run_sweeps(protocol: Protocol, dataset: Dataset, arch: MLP, *, progress: bool = True) -> dict[str, dict[str, Any]]:
+def run_sweeps(
+    protocol: Protocol, dataset: Dataset, arch: MLP, *, progress: bool = True
+) -> dict[str, dict[str, Any]]:
     """Test accuracy of ``arch`` (strategy none, ``eval_inits`` models) vs internal epochs
     (1 model, 1 step), internal steps (1 model, 1 epoch) and internal models (10 steps, 1 epoch)."""
     grids = {
@@ -236,19 +294,38 @@ def run_sweeps(protocol: Protocol, dataset: Dataset, arch: MLP, *, progress: boo
     return results
 
 
-def write_figures(out: Path, dataset: Dataset, test_archs: dict[str, MLP], baseline: dict[str, list[float]],
-                  distilled: dict[str, list[DistilledData]], accuracies: dict, results: dict[str, Any],
-                  protocol: Protocol) -> list[str]:
+def write_figures(
+    out: Path,
+    dataset: Dataset,
+    test_archs: dict[str, MLP],
+    baseline: dict[str, list[float]],
+    distilled: dict[str, list[DistilledData]],
+    accuracies: dict,
+    results: dict[str, Any],
+    protocol: Protocol,
+) -> list[str]:
     """Write the PNG figures; return their file names (2-D plots only for 2 features)."""
     plots = {}
     if dataset.in_features == 2:
         plots["data.png"] = figures.plot_dataset(dataset)
-        plots["boundaries.png"] = figures.plot_boundaries(dataset, {
-            "full data": [median_baseline(dataset, name, factory, baseline[name], protocol) for name, factory in test_archs.items()],
-            "distilled": [median_distilled(dataset, name, factory, distilled[name], accuracies[name]["none"][name], protocol)
-                          for name, factory in test_archs.items()],
-        })
-        plots["synthetic.png"] = figures.plot_synthetic(dataset, {s: runs[0] for s, runs in distilled.items()})
+        plots["boundaries.png"] = figures.plot_boundaries(
+            dataset,
+            {
+                "full data": [
+                    median_baseline(dataset, name, factory, baseline[name], protocol)
+                    for name, factory in test_archs.items()
+                ],
+                "distilled": [
+                    median_distilled(
+                        dataset, name, factory, distilled[name], accuracies[name]["none"][name], protocol
+                    )
+                    for name, factory in test_archs.items()
+                ],
+            },
+        )
+        plots["synthetic.png"] = figures.plot_synthetic(
+            dataset, {s: runs[0] for s, runs in distilled.items()}
+        )
     plots["lrs.png"] = figures.plot_lrs({s: runs[0] for s, runs in distilled.items()})
     groups = {name: {"full data": baseline[name]} for name in test_archs}
     for source, by_strategy in accuracies.items():
@@ -263,15 +340,25 @@ def write_figures(out: Path, dataset: Dataset, test_archs: dict[str, MLP], basel
     return list(plots)
 
 
-def median_baseline(dataset: Dataset, name: str, factory: MLP, accs: list[float], protocol: Protocol) -> tuple:
+def median_baseline(
+    dataset: Dataset, name: str, factory: MLP, accs: list[float], protocol: Protocol
+) -> tuple:
     """(name, model, accuracy) of the median full-data model, retrained from its seed."""
     i = median_index(accs)
-    model = train_full(dataset, factory, protocol.seed + i, epochs=protocol.baseline_epochs, lr=protocol.baseline_lr)
+    model = train_full(
+        dataset, factory, protocol.seed + i, epochs=protocol.baseline_epochs, lr=protocol.baseline_lr
+    )
     return name, model, accs[i]
 
 
-def median_distilled(dataset: Dataset, name: str, factory: MLP, runs: list[DistilledData], accs: list[float],
-                     protocol: Protocol) -> tuple:
+def median_distilled(
+    dataset: Dataset,
+    name: str,
+    factory: MLP,
+    runs: list[DistilledData],
+    accs: list[float],
+    protocol: Protocol,
+) -> tuple:
     """(name, model, accuracy) of the median model trained on data distilled for ``name``."""
     i = median_index(accs)
     restart, init = divmod(i, protocol.eval_inits)

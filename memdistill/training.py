@@ -110,8 +110,12 @@ def schedule(
         return data.lrs.detach().to(torch.float64).cpu()
     if strategy == "s1":
         return strategy1_lrs(
-            data.steps, total_epochs=total_epochs, eta0=eta0, warmup=warmup,
-            warmup_epochs=warmup_epochs, decay=decay1,
+            data.steps,
+            total_epochs=total_epochs,
+            eta0=eta0,
+            warmup=warmup,
+            warmup_epochs=warmup_epochs,
+            decay=decay1,
         )
     if strategy == "s2":
         return strategy2_lrs(data.lrs, data.steps, total_epochs=total_epochs, decay=decay)

@@ -17,7 +17,9 @@ TINY = ["--steps", "2", "--epochs", "1", "--outer-epochs", "1", "--batch-size", 
 
 
 def test_module_entry_point_and_help():
-    result = subprocess.run([sys.executable, "-m", "memdistill", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "memdistill", "--help"], capture_output=True, text=True, check=True
+    )
     assert all(command in result.stdout for command in ("distill", "evaluate", "reproduce"))
 
 
@@ -30,13 +32,43 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_distill_then_evaluate(tmp_path, capsys):
-    main(["distill", "--data", "moons", "--arch", "1-layer", "--arch", "2-layer", *TINY, "--out", str(tmp_path)])
+    main(
+        [
+            "distill",
+            "--data",
+            "moons",
+            "--arch",
+            "1-layer",
+            "--arch",
+            "2-layer",
+            *TINY,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     data = DistilledData.load(tmp_path / "distilled.safetensors")
     assert data.x.shape == (2, 8, 2) and data.config["archs"] == ["1-layer", "2-layer"]
     assert data.config["data"] == "moons"
     assert "test accuracy" in capsys.readouterr().out
-    main(["evaluate", str(tmp_path), "--test-arch", "1-layer,4-layer", "--strategy", "none,s2", "--inits", "2",
-          "--total-epochs", "3", "--baseline", "--baseline-inits", "2", "--baseline-epochs", "3"])
+    main(
+        [
+            "evaluate",
+            str(tmp_path),
+            "--test-arch",
+            "1-layer,4-layer",
+            "--strategy",
+            "none,s2",
+            "--inits",
+            "2",
+            "--total-epochs",
+            "3",
+            "--baseline",
+            "--baseline-inits",
+            "2",
+            "--baseline-epochs",
+            "3",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| strategy | 1-layer | 4-layer |" in printed and "full-data baseline" in printed
     result = json.loads((tmp_path / "evaluation.json").read_text())
@@ -51,22 +83,47 @@ def _check_summary(summary):
 
 
 def test_tiny_reproduce_writes_results_report_and_figures(tmp_path):
-    main(["reproduce", "--out", str(tmp_path), "--quick", "--sweeps", "--restarts", "1", "--eval-inits", "1",
-          "--baseline-inits", "2", "--baseline-epochs", "5", "--total-epochs", "2", *TINY])
+    main(
+        [
+            "reproduce",
+            "--out",
+            str(tmp_path),
+            "--quick",
+            "--sweeps",
+            "--restarts",
+            "1",
+            "--eval-inits",
+            "1",
+            "--baseline-inits",
+            "2",
+            "--baseline-epochs",
+            "5",
+            "--total-epochs",
+            "2",
+            *TINY,
+        ]
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["baseline"]) == set(ARCHS)
     assert set(results["table1"]) == set(ARCHS)
     for table in [*results["table1"].values(), results["table2"]]:
         assert set(table) == set(STRATEGIES)
         assert all(set(by_arch) == set(ARCHS) for by_arch in table.values())
-    summaries = [*results["baseline"].values(), *(s for t in results["table1"].values() for a in t.values() for s in a.values()),
-                 *(s for a in results["table2"].values() for s in a.values())]
+    summaries = [
+        *results["baseline"].values(),
+        *(s for t in results["table1"].values() for a in t.values() for s in a.values()),
+        *(s for a in results["table2"].values() for s in a.values()),
+    ]
     for summary in summaries:
         _check_summary(summary)
     assert set(results["sweeps"]) == {"epochs", "steps", "models"}
-    assert results["config"]["steps"] == 2 and results["config"]["outer_lr"] == 0.05 and results["seconds"] > 0
+    assert (
+        results["config"]["steps"] == 2 and results["config"]["outer_lr"] == 0.05 and results["seconds"] > 0
+    )
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == sorted(["data.png", "boundaries.png", "synthetic.png", "lrs.png", "accuracy.png", "sweeps.png"])
+    assert pngs == sorted(
+        ["data.png", "boundaries.png", "synthetic.png", "lrs.png", "accuracy.png", "sweeps.png"]
+    )
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
     report = (tmp_path / "report.md").read_text()
     assert "## Table 1" in report and "## Table 2" in report and "## Full-data baseline" in report
@@ -76,8 +133,20 @@ def test_tiny_reproduce_writes_results_report_and_figures(tmp_path):
 
 
 def test_reproduce_results_do_not_depend_on_jobs(tmp_path):
-    tiny = ["--quick", "--restarts", "2", "--eval-inits", "1", "--baseline-inits", "1", "--baseline-epochs", "2",
-            "--total-epochs", "2", *TINY]
+    tiny = [
+        "--quick",
+        "--restarts",
+        "2",
+        "--eval-inits",
+        "1",
+        "--baseline-inits",
+        "1",
+        "--baseline-epochs",
+        "2",
+        "--total-epochs",
+        "2",
+        *TINY,
+    ]
     main(["reproduce", "--out", str(tmp_path / "one"), *tiny])
     main(["reproduce", "--out", str(tmp_path / "two"), "--jobs", "2", *tiny])
     one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
@@ -92,7 +161,10 @@ def test_reproduce_results_do_not_depend_on_jobs(tmp_path):
     [
         (["distill", "--data", "mnist"], "unknown data set 'mnist'"),
         (["distill", "--arch", "huge"], "unknown architecture 'huge'"),
-        (["distill", "--arch", "1-layer", "--arch", "2-layer", "--models", "3"], "--models 3 does not match the 2 --arch values"),
+        (
+            ["distill", "--arch", "1-layer", "--arch", "2-layer", "--models", "3"],
+            "--models 3 does not match the 2 --arch values",
+        ),
         (["distill", "--per-class", "0"], "per_class must be an int >= 1, got 0"),
         (["evaluate", "missing-dir"], "no file at"),
     ],

@@ -16,8 +16,12 @@ def test_moons_is_the_papers_split():
     assert data.y_train.bincount().tolist() == [500, 500]
     assert data.classes == 2 and data.out_features == 1 and data.in_features == 2
     assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
-    torch.testing.assert_close(data.x_train.double().mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6, rtol=0)
-    torch.testing.assert_close(data.x_train.double().std(0, correction=0), torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        data.x_train.double().mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        data.x_train.double().std(0, correction=0), torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,8 +54,10 @@ def test_csv_with_string_labels(tmp_path):
         (lambda p: load_dataset(str(p.parent / "missing.csv"), label="y"), "must be an existing CSV file"),
         (lambda p: split_dataset(np.ones((6, 2)), np.zeros(6), name="x"), "at least 2 classes"),
         (lambda p: split_dataset(np.ones((6, 2)), np.zeros(5), name="x"), "labels must have shape"),
-        (lambda p: split_dataset(np.where(np.eye(6, 2), np.nan, 1.0), np.arange(6) % 2, name="x"),
-         "features must be finite numbers, got 2 NaN/inf values"),
+        (
+            lambda p: split_dataset(np.where(np.eye(6, 2), np.nan, 1.0), np.arange(6) % 2, name="x"),
+            "features must be finite numbers, got 2 NaN/inf values",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_value_error(tmp_path, call, message):
@@ -68,7 +74,10 @@ def test_csv_with_nan_feature_is_refused(tmp_path):
         load_dataset(str(path), label="y")
 
 
-@pytest.mark.parametrize("arch, widths", [("1-layer", [2, 1]), ("2-layer", [2, 10, 1]), ("4-layer", [2, 10, 10, 10, 1]), ([7, 3], [2, 7, 3, 1])])
+@pytest.mark.parametrize(
+    "arch, widths",
+    [("1-layer", [2, 1]), ("2-layer", [2, 10, 1]), ("4-layer", [2, 10, 10, 10, 1]), ([7, 3], [2, 7, 3, 1])],
+)
 def test_mlp_is_a_plain_sequential_of_linear_and_relu(arch, widths):
     model = mlp(arch)()
     assert type(model) is nn.Sequential

@@ -12,7 +12,11 @@ from memdistill.distilled import DistilledData
 def make(dtype=torch.float32, soft=False):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(5, 8, 2, generator=generator, dtype=dtype)
-    y = torch.rand(5, 8, 3, generator=generator, dtype=dtype) if soft else torch.randint(0, 2, (5, 8), generator=generator)
+    y = (
+        torch.rand(5, 8, 3, generator=generator, dtype=dtype)
+        if soft
+        else torch.randint(0, 2, (5, 8), generator=generator)
+    )
     lrs = torch.rand(10, generator=generator, dtype=dtype) + 1e-3
     config = {"steps": 5, "epochs": 2, "momentum": 0.5, "archs": ["2-layer"], "nested": {"a": [1, 2]}}
     return DistilledData(x, y, lrs, config, seed=7, history=[0.7, 1 / 3, 1e-300, 0.1 + 0.2])

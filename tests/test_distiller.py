@@ -24,8 +24,12 @@ def tiny_fit(archs=(mlp("1-layer"), mlp("2-layer")), seed=0, **options) -> Disti
 
 def test_helpers():
     assert balanced_labels(2, 2, 3).tolist() == [[0, 0, 1, 1, 2, 2]] * 2
-    assert torch.nn.functional.softplus(torch.tensor(inverse_softplus(0.02), dtype=torch.float64)).item() == pytest.approx(0.02, rel=1e-12)
-    assert torch.sigmoid(soft_label_logits(torch.tensor([0, 1]), 1, torch.float64)).tolist() == pytest.approx([0.1, 0.9])
+    assert torch.nn.functional.softplus(
+        torch.tensor(inverse_softplus(0.02), dtype=torch.float64)
+    ).item() == pytest.approx(0.02, rel=1e-12)
+    assert torch.sigmoid(soft_label_logits(torch.tensor([0, 1]), 1, torch.float64)).tolist() == pytest.approx(
+        [0.1, 0.9]
+    )
     probs = torch.softmax(soft_label_logits(torch.tensor([2]), 3, torch.float64), -1)
     assert probs[0].tolist() == pytest.approx([0.05, 0.05, 0.9])
 
@@ -63,7 +67,10 @@ def _real_points(dataset, seed: int, steps: int, per_class: int) -> tuple[torch.
     """steps × (per_class of each class) random training points, shaped like distilled data."""
     generator = torch.Generator().manual_seed(seed)
     picks = [torch.nonzero(dataset.y_train == c).squeeze(1) for c in range(dataset.classes)]
-    rows = [torch.cat([p[torch.randperm(len(p), generator=generator)[:per_class]] for p in picks]) for _ in range(steps)]
+    rows = [
+        torch.cat([p[torch.randperm(len(p), generator=generator)[:per_class]] for p in picks])
+        for _ in range(steps)
+    ]
     index = torch.stack(rows)
     return dataset.x_train[index], dataset.y_train[index]
 
@@ -78,7 +85,10 @@ def test_distilled_data_beats_as_many_random_real_points(seed):
     distilled = sum(distilled_accuracies(data, circles, arch, None, inits=10, seed=100)) / 10
 
     def real(lr: float) -> float:
-        models = [run_inner_loop(fresh_model(arch, 100 + i), *_real_points(circles, i, 5, 2), torch.full((10,), lr)) for i in range(10)]
+        models = [
+            run_inner_loop(fresh_model(arch, 100 + i), *_real_points(circles, i, 5, 2), torch.full((10,), lr))
+            for i in range(10)
+        ]
         return sum(accuracy(m, circles.x_test, circles.y_test) for m in models) / 10
 
     best_real = max(real(lr) for lr in (0.02, 0.1, 0.3, 1.0, 3.0))
@@ -90,9 +100,13 @@ def test_soft_labels_are_learned_probabilities(classes, outputs):
     dataset = MOONS if classes == 2 else load_dataset("blobs")
     distiller = Distiller([mlp("2-layer", out_features=outputs)], soft_labels=True, **TINY)
     data = distiller.fit(dataset.x_train, dataset.y_train, outer_epochs=1, batch_size=250)
-    assert data.y.is_floating_point() and data.y.shape == ((3, 2 * classes) if outputs == 1 else (3, 2 * classes, 3))
+    assert data.y.is_floating_point() and data.y.shape == (
+        (3, 2 * classes) if outputs == 1 else (3, 2 * classes, 3)
+    )
     assert bool(((data.y > 0) & (data.y < 1)).all())
-    start = torch.sigmoid(soft_label_logits(balanced_labels(3, 2, 2), 1, torch.float32)) if outputs == 1 else None
+    start = (
+        torch.sigmoid(soft_label_logits(balanced_labels(3, 2, 2), 1, torch.float32)) if outputs == 1 else None
+    )
     if start is not None:
         assert not torch.allclose(data.y, start)
     else:
@@ -101,7 +115,9 @@ def test_soft_labels_are_learned_probabilities(classes, outputs):
 
 def test_divergence_raises_a_clear_error():
     distiller = Distiller([mlp("4-layer")], steps=5, epochs=4, init_lr=1e6, progress=False)
-    with pytest.raises(FloatingPointError, match=r"Distiller: at outer step 0 .*Lower init_lr \(now 1000000.0\)"):
+    with pytest.raises(
+        FloatingPointError, match=r"Distiller: at outer step 0 .*Lower init_lr \(now 1000000.0\)"
+    ):
         distiller.fit(MOONS.x_train * 1e3, MOONS.y_train, outer_epochs=1, batch_size=500)
 
 
@@ -126,10 +142,20 @@ def test_bad_configuration(kwargs, message):
     "x, y, archs, message",
     [
         (MOONS.x_train, torch.zeros(1000, dtype=torch.int64), None, "at least 2 classes"),
-        (torch.where(torch.rand(1000, 2) < 0.01, float("nan"), MOONS.x_train), MOONS.y_train, None, "X must be finite"),
+        (
+            torch.where(torch.rand(1000, 2) < 0.01, float("nan"), MOONS.x_train),
+            MOONS.y_train,
+            None,
+            "X must be finite",
+        ),
         (MOONS.x_train, MOONS.y_train.float(), None, "y must be integer class ids"),
         (MOONS.x_train, MOONS.y_train[:10], None, r"shape \[1000\]"),
-        (MOONS.x_train, MOONS.y_train, [mlp("1-layer"), mlp("1-layer", out_features=2)], "same number of outputs"),
+        (
+            MOONS.x_train,
+            MOONS.y_train,
+            [mlp("1-layer"), mlp("1-layer", out_features=2)],
+            "same number of outputs",
+        ),
         (MOONS.x_train, MOONS.y_train, [mlp("1-layer", out_features=3)], "expected 1 \\(a logit\\) or 2"),
     ],
 )
@@ -139,7 +165,10 @@ def test_bad_real_data(x, y, archs, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source, strategy, test_arch, target", [("2-layer", None, "2-layer", 0.92), ("mixed", "s1", "4-layer", 0.95)])
+@pytest.mark.parametrize(
+    "source, strategy, test_arch, target",
+    [("2-layer", None, "2-layer", 0.92), ("mixed", "s1", "4-layer", 0.95)],
+)
 def test_paper_settings_reach_the_targets(source, strategy, test_arch, target):
     """The issue's targets with the paper's settings (s = 40, e = 5, m = 3, 800 outer steps)."""
     archs = [mlp(a) for a in ("1-layer", "2-layer", "4-layer")] if source == "mixed" else [mlp(source)] * 3

@@ -43,8 +43,14 @@ def test_strategy2_repeats_the_learned_schedule_with_decay():
 
 def test_strategy3_repeats_only_the_last_epoch_compounding():
     lrs = strategy3_lrs(LEARNED, 2, total_epochs=6)
-    expected = LEARNED.tolist() + [0.98 * 0.5, 0.98 * 0.6, 0.98**2 * 0.5, 0.98**2 * 0.6,
-                                   0.98**3 * 0.5, 0.98**3 * 0.6]
+    expected = LEARNED.tolist() + [
+        0.98 * 0.5,
+        0.98 * 0.6,
+        0.98**2 * 0.5,
+        0.98**2 * 0.6,
+        0.98**3 * 0.5,
+        0.98**3 * 0.6,
+    ]
     assert lrs.tolist() == pytest.approx(expected, rel=1e-15)
     assert torch.equal(strategy3_lrs(LEARNED, 2, total_epochs=3), LEARNED)
     assert strategy3_lrs(LEARNED, 2).shape == (100,)
@@ -55,7 +61,9 @@ def test_schedule_dispatch_and_unknown_strategy():
     assert torch.equal(schedule(data), LEARNED.float().double())
     assert torch.equal(schedule(data, "none"), schedule(data, None))
     assert torch.equal(schedule(data, "s1"), strategy1_lrs(2))
-    assert torch.equal(schedule(data, "s2", total_epochs=9), strategy2_lrs(LEARNED.float(), 2, total_epochs=9))
+    assert torch.equal(
+        schedule(data, "s2", total_epochs=9), strategy2_lrs(LEARNED.float(), 2, total_epochs=9)
+    )
     with pytest.raises(ValueError, match="unknown strategy 's4'"):
         schedule(data, "s4")
 
