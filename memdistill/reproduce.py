@@ -192,6 +192,44 @@ def _map(jobs: int, function: Callable, *iterables: Sequence) -> Iterator:
         yield from pool.map(function, *iterables)
 
 
+def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, list[float]]:
+    """Test accuracies of the full-data baseline of every architecture."""
+    baseline = {}
+    for name in protocol.archs:
+        bar.set_postfix_str(f"baseline {name}")
+        baseline[name] = baseline_accuracies(
+            dataset,
+            _arch(name, dataset),
+            inits=protocol.baseline_inits,
+            epochs=protocol.baseline_epochs,
+            lr=protocol.baseline_lr,
+            seed=protocol.seed,
+        )
+        bar.update()
+    return baseline
+
+
+def run_restarts(
+    protocol: Protocol, out: Path, tasks: list[tuple[str, int]], jobs: int, bar: tqdm, clock: Clock
+) -> tuple[dict[str, list[DistilledData]], dict[str, dict[str, dict[str, list[float]]]]]:
+    """Every (source, restart) task; returns distilled[source] and accuracies[source][strategy][arch]."""
+    distilled: dict[str, list[DistilledData]] = {source: [] for source, _ in tasks}
+    accuracies = {source: {s: {a: [] for a in protocol.archs} for s in STRATEGIES} for source, _ in tasks}
+    bar.set_postfix_str("distil and evaluate")
+    inner_bars = not bar.disable and jobs == 1
+    count = len(tasks)
+    outputs = _map(jobs, restart_task, [protocol] * count, *zip(*tasks), [out] * count, [inner_bars] * count)
+    for (source, _), (data, accs, seconds) in zip(tasks, outputs):
+        distilled[source].append(data)
+        for strategy, by_arch in accs.items():
+            for name, values in by_arch.items():
+                accuracies[source][strategy][name] += values
+        for phase, value in seconds.items():
+            clock.seconds[phase] = clock.seconds.get(phase, 0.0) + value
+        bar.update()
+    return distilled, accuracies
+
+
 def run(
     protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True, jobs: int = 1
 ) -> dict[str, Any]:
@@ -209,45 +247,13 @@ def run(
         raise ValueError(f"reproduce: jobs must be >= 1, got {jobs}")
     start, out, clock = time.perf_counter(), Path(out), Clock()
     dataset = load_dataset(protocol.data)
-    test_archs = {name: _arch(name, dataset) for name in protocol.archs}
-    tasks = [
-        (source, restart) for source in sources(protocol, dataset) for restart in range(protocol.restarts)
-    ]
-    bar = tqdm(total=len(test_archs) + len(tasks), desc="reproduce", unit="task", disable=not progress)
-    baseline = {}
-    for name, factory in test_archs.items():
-        bar.set_postfix_str(f"baseline {name}")
+    tasks = [(source, r) for source in sources(protocol, dataset) for r in range(protocol.restarts)]
+    with tqdm(
+        total=len(protocol.archs) + len(tasks), desc="reproduce", unit="task", disable=not progress
+    ) as bar:
         with clock("baseline"):
-            baseline[name] = baseline_accuracies(
-                dataset,
-                factory,
-                inits=protocol.baseline_inits,
-                epochs=protocol.baseline_epochs,
-                lr=protocol.baseline_lr,
-                seed=protocol.seed,
-            )
-        bar.update()
-    distilled: dict[str, list[DistilledData]] = {source: [] for source, _ in tasks}
-    accuracies = {source: {s: {name: [] for name in test_archs} for s in STRATEGIES} for source, _ in tasks}
-    bar.set_postfix_str("distil and evaluate")
-    inner_bars = progress and jobs == 1
-    outputs = _map(
-        jobs,
-        restart_task,
-        [protocol] * len(tasks),
-        *zip(*tasks),
-        [out] * len(tasks),
-        [inner_bars] * len(tasks),
-    )
-    for (source, _), (data, accs, seconds) in zip(tasks, outputs):
-        distilled[source].append(data)
-        for strategy, by_arch in accs.items():
-            for name, values in by_arch.items():
-                accuracies[source][strategy][name] += values
-        for phase, value in seconds.items():
-            clock.seconds[phase] = clock.seconds.get(phase, 0.0) + value
-        bar.update()
-    bar.close()
+            baseline = run_baseline(protocol, dataset, bar)
+        distilled, accuracies = run_restarts(protocol, out, tasks, jobs, bar, clock)
     results: dict[str, Any] = {
         "baseline": {name: summarize(values) for name, values in baseline.items()},
         "table1": {source: _summaries(accuracies[source]) for source in protocol.archs},
@@ -256,11 +262,10 @@ def run(
     }
     if sweeps:
         with clock("sweeps"):
-            results["sweeps"] = run_sweeps(
-                protocol, dataset, _arch(protocol.sweep_arch, dataset), progress=progress
-            )
+            sweep_arch = _arch(protocol.sweep_arch, dataset)
+            results["sweeps"] = run_sweeps(protocol, dataset, sweep_arch, progress=progress)
     with clock("figures"):
-        names = write_figures(out, dataset, test_archs, baseline, distilled, accuracies, results, protocol)
+        names = write_figures(out, dataset, baseline, distilled, accuracies, results, protocol)
     results["timing"] = clock.seconds
     results["seconds"] = time.perf_counter() - start
     write_json_atomic(out / "results.json", results)
@@ -297,37 +302,29 @@ def run_sweeps(
 def write_figures(
     out: Path,
     dataset: Dataset,
-    test_archs: dict[str, MLP],
     baseline: dict[str, list[float]],
     distilled: dict[str, list[DistilledData]],
-    accuracies: dict,
+    accuracies: dict[str, dict[str, dict[str, list[float]]]],
     results: dict[str, Any],
     protocol: Protocol,
 ) -> list[str]:
     """Write the PNG figures; return their file names (2-D plots only for 2 features)."""
+    first = {source: runs[0] for source, runs in distilled.items()}
     plots = {}
     if dataset.in_features == 2:
         plots["data.png"] = figures.plot_dataset(dataset)
         plots["boundaries.png"] = figures.plot_boundaries(
             dataset,
             {
-                "full data": [
-                    median_baseline(dataset, name, factory, baseline[name], protocol)
-                    for name, factory in test_archs.items()
-                ],
+                "full data": [median_baseline(dataset, name, baseline[name], protocol) for name in baseline],
                 "distilled": [
-                    median_distilled(
-                        dataset, name, factory, distilled[name], accuracies[name]["none"][name], protocol
-                    )
-                    for name, factory in test_archs.items()
+                    median_distilled(dataset, name, distilled, accuracies, protocol) for name in baseline
                 ],
             },
         )
-        plots["synthetic.png"] = figures.plot_synthetic(
-            dataset, {s: runs[0] for s, runs in distilled.items()}
-        )
-    plots["lrs.png"] = figures.plot_lrs({s: runs[0] for s, runs in distilled.items()})
-    groups = {name: {"full data": baseline[name]} for name in test_archs}
+        plots["synthetic.png"] = figures.plot_synthetic(dataset, first)
+    plots["lrs.png"] = figures.plot_lrs(first)
+    groups = {name: {"full data": values} for name, values in baseline.items()}
     for source, by_strategy in accuracies.items():
         for strategy, by_arch in by_strategy.items():
             for name, values in by_arch.items():
@@ -340,13 +337,15 @@ def write_figures(
     return list(plots)
 
 
-def median_baseline(
-    dataset: Dataset, name: str, factory: MLP, accs: list[float], protocol: Protocol
-) -> tuple:
+def median_baseline(dataset: Dataset, name: str, accs: list[float], protocol: Protocol) -> tuple:
     """(name, model, accuracy) of the median full-data model, retrained from its seed."""
     i = median_index(accs)
     model = train_full(
-        dataset, factory, protocol.seed + i, epochs=protocol.baseline_epochs, lr=protocol.baseline_lr
+        dataset,
+        _arch(name, dataset),
+        protocol.seed + i,
+        epochs=protocol.baseline_epochs,
+        lr=protocol.baseline_lr,
     )
     return name, model, accs[i]
 
@@ -354,12 +353,16 @@ def median_baseline(
 def median_distilled(
     dataset: Dataset,
     name: str,
-    factory: MLP,
-    runs: list[DistilledData],
-    accs: list[float],
+    distilled: dict[str, list[DistilledData]],
+    accuracies: dict[str, dict[str, dict[str, list[float]]]],
     protocol: Protocol,
 ) -> tuple:
-    """(name, model, accuracy) of the median model trained on data distilled for ``name``."""
+    """(name, model, accuracy) of the median ``name`` model trained on data distilled for
+    ``name`` with the learned schedule, retrained from its restart and seed."""
+    accs = accuracies[name]["none"][name]
     i = median_index(accs)
     restart, init = divmod(i, protocol.eval_inits)
-    return name, train_on(runs[restart], factory, None, restart * protocol.eval_inits + init), accs[i]
+    model = train_on(
+        distilled[name][restart], _arch(name, dataset), None, restart * protocol.eval_inits + init
+    )
+    return name, model, accs[i]
