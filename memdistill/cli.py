@@ -192,6 +192,7 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
+    """Distil a data set and write DIR/distilled.safetensors; print a quick test accuracy."""
     dataset = load_dataset(args.data, label=args.label)
     archs = _archs(args.arch or ["2-layer"], args.models, dataset)
     options = _given(
@@ -218,6 +219,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Test fresh models trained on a distilled set; print a table, write evaluation.json."""
     path = args.dir / DATA_FILE if args.dir.is_dir() else args.dir
     data = DistilledData.load(path)
     name = args.data or data.config.get("data")
@@ -259,6 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    """Run the paper's protocol (or --quick) and write its results to --out."""
     fields = [f.name for f in dataclasses.fields(reproduce.Protocol)]
     protocol = reproduce.Protocol(**{**(reproduce.QUICK if args.quick else {}), **_given(args, fields)})
     results = reproduce.run(
