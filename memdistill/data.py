@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn.datasets
 import torch
-from sklearn.model_selection import train_test_split
 
 SYNTHETIC = ("moons", "circles", "blobs")
 BUNDLED = ("breast_cancer", "iris", "wine", "digits")
@@ -78,6 +76,8 @@ def load_dataset(
     if name in SYNTHETIC:
         features, labels = _synthetic(name, seed)
     elif name in BUNDLED:
+        import sklearn.datasets  # imported here: it takes a second and only loading needs it
+
         bunch = getattr(sklearn.datasets, f"load_{name}")()
         features, labels = bunch.data, bunch.target
     elif name.endswith(".csv") or Path(name).is_file():
@@ -92,6 +92,7 @@ def load_dataset(
 
 def _synthetic(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Features [1500, 2] and labels [1500] of a scikit-learn generator with the paper's size."""
+    import sklearn.datasets
     if name == "moons":
         return sklearn.datasets.make_moons(PAPER_SAMPLES, noise=PAPER_NOISE, random_state=seed)
     if name == "circles":
@@ -137,6 +138,8 @@ def split_dataset(
       test_size: fraction of the points in the test part.
       seed: random_state of the stratified split.
     """
+    from sklearn.model_selection import train_test_split
+
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     check_features(features, labels)
