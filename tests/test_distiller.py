@@ -175,3 +175,16 @@ def test_paper_settings_reach_the_targets(source, strategy, test_arch, target):
     data = Distiller(archs, progress=False).fit(MOONS.x_train, MOONS.y_train, outer_epochs=50, batch_size=64)
     accs = distilled_accuracies(data, MOONS, mlp(test_arch), strategy, inits=5)
     assert sum(accs) / len(accs) >= target, accs
+
+
+def test_every_engine_method_distils_the_same_data():
+    """float64, momentum 0.5: the engine's methods agree, so the distilled data do too."""
+    runs = {
+        method: tiny_fit(method=method, momentum=0.5, dtype=torch.float64)
+        for method in ("autograd", "replay", "checkpoint", "reversible")
+    }
+    reference = runs.pop("autograd")
+    for data in runs.values():
+        torch.testing.assert_close(data.x, reference.x, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(data.lrs, reference.lrs, rtol=1e-7, atol=1e-9)
+    assert reference.x.dtype == torch.float64 and reference.config["momentum"] == 0.5
