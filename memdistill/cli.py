@@ -43,24 +43,43 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
     parser.add_argument("--label", help="label column of a CSV file")
 
 
-def _add_distill_options(parser: argparse.ArgumentParser, defaults: reproduce.Protocol) -> None:
+DISTILL_OPTIONS = {
+    "steps": (int, "internal steps s per epoch"),
+    "epochs": (int, "internal epochs e"),
+    "per_class": (int, "synthetic objects per class per step"),
+    "momentum": (float, "inner SGD momentum"),
+    "init_lr": (float, "initial learned learning rate"),
+    "outer_lr": (float, "Adam learning rate"),
+    "outer_epochs": (int, "passes over the real data"),
+    "batch_size": (int, "real minibatch size"),
+    "seed": (int, "random seed"),
+}
+"""Protocol fields settable from distill and reproduce: field -> (type, help)."""
+
+REPRODUCE_OPTIONS = {
+    "data": (str, "data set"),
+    "restarts": (int, "distillations per source"),
+    "models": (int, "internal models m of Table 1"),
+    "total_epochs": (int, "epochs of strategies s1-s3"),
+    "eval_inits": (int, "test models per restart"),
+    "baseline_inits": (int, "full-data models"),
+    "baseline_epochs": (int, "full-data gradient steps"),
+}
+"""Protocol fields settable from reproduce only."""
+
+
+def _add_options(parser: argparse.ArgumentParser, options: dict[str, tuple[type, str]]) -> None:
+    """``--field-name`` options (default None: the protocol's value, shown in the help)."""
+    paper = reproduce.Protocol()
+    for field, (kind, text) in options.items():
+        flag = "--" + field.replace("_", "-")
+        parser.add_argument(flag, type=kind, help=f"{text} (default {getattr(paper, field)})")
+
+
+def _add_distill_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by distill and reproduce (reproduce's defaults depend on --quick)."""
-    parser.add_argument("--steps", type=int, help=f"internal steps s per epoch (default {defaults.steps})")
-    parser.add_argument("--epochs", type=int, help=f"internal epochs e (default {defaults.epochs})")
-    parser.add_argument(
-        "--per-class", type=int, help=f"synthetic objects per class per step (default {defaults.per_class})"
-    )
-    parser.add_argument("--method", choices=METHODS, help=f"hypergradient method (default {defaults.method})")
-    parser.add_argument("--momentum", type=float, help=f"inner SGD momentum (default {defaults.momentum})")
-    parser.add_argument(
-        "--init-lr", type=float, help=f"initial learned learning rate (default {defaults.init_lr})"
-    )
-    parser.add_argument("--outer-lr", type=float, help=f"Adam learning rate (default {defaults.outer_lr})")
-    parser.add_argument(
-        "--outer-epochs", type=int, help=f"passes over the real data (default {defaults.outer_epochs})"
-    )
-    parser.add_argument("--batch-size", type=int, help=f"real minibatch size (default {defaults.batch_size})")
-    parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    _add_options(parser, DISTILL_OPTIONS)
+    parser.add_argument("--method", choices=METHODS, help="hypergradient method (default checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -86,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="internal models m (default: 3 copies of a single --arch, else one per --arch)",
     )
-    _add_distill_options(distill, paper)
+    _add_distill_options(distill)
     distill.add_argument("--soft-labels", action="store_true", help="also learn soft labels")
     distill.add_argument(
         "--dtype", choices=list(DTYPES), default="float32", help="float dtype (default float32)"
@@ -159,20 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="distillations run at once in separate processes (default 1; results do not depend on it)",
     )
-    repro.add_argument("--data", help=f"data set (default {paper.data})")
-    repro.add_argument("--restarts", type=int, help=f"distillations per source (default {paper.restarts})")
-    repro.add_argument("--models", type=int, help=f"internal models m of Table 1 (default {paper.models})")
-    repro.add_argument(
-        "--total-epochs", type=int, help=f"epochs of strategies s1-s3 (default {paper.total_epochs})"
-    )
-    repro.add_argument("--eval-inits", type=int, help=f"test models per restart (default {paper.eval_inits})")
-    repro.add_argument(
-        "--baseline-inits", type=int, help=f"full-data models (default {paper.baseline_inits})"
-    )
-    repro.add_argument(
-        "--baseline-epochs", type=int, help=f"full-data gradient steps (default {paper.baseline_epochs})"
-    )
-    _add_distill_options(repro, paper)
+    _add_options(repro, REPRODUCE_OPTIONS)
+    _add_distill_options(repro)
     return parser
 
 
