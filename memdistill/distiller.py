@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from memdistill.architectures import fresh_model
+from memdistill.batching import Rows, hypergradients
 from memdistill.distilled import DistilledData
-from memdistill.hypergradient import hypergradient
+from memdistill.resume import data_hash, load_state, save_state
 from memdistill.validation import METHODS
 
 LABEL_INIT = 0.9
@@ -80,6 +83,11 @@ class Distiller:
       dtype: floating dtype of x̃, η̃ and the models (float32, or float64 for exactness).
       device: where to compute.
       progress: show a tqdm bar with the outer loss.
+      restarts: R independent distillations in one batched computation (restart r uses seed
+        ``seed + r`` and equals a separate run with that seed); ``fit`` then returns R results.
+      data_parallel: under an initialised torch.distributed process group, split the R·m
+        internal models of every outer step across the ranks and gather their hypergradients
+        (every rank ends with the single-process result).
 
     Examples:
       >>> import memdistill as md
@@ -107,6 +115,8 @@ class Distiller:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        restarts: int | None = None,
+        data_parallel: bool = False,
     ):
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
@@ -132,6 +142,9 @@ class Distiller:
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
         self.progress = progress
+        if restarts is not None and (not isinstance(restarts, int) or restarts < 1):
+            raise ValueError(f"Distiller: restarts must be None or an int >= 1, got {restarts!r}")
+        self.restarts, self.data_parallel = restarts, bool(data_parallel)
 
     def config(self, classes: int, in_shape: Sequence[int], outer_epochs: int, batch_size: int) -> dict:
         """The JSON-serialisable settings recorded in the DistilledData."""
@@ -157,8 +170,16 @@ class Distiller:
         }
 
     def fit(
-        self, X: torch.Tensor, y: torch.Tensor, outer_epochs: int = 50, batch_size: int = 64
-    ) -> DistilledData:
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        outer_epochs: int = 50,
+        batch_size: int = 64,
+        *,
+        checkpoint: str | Path | None = None,
+        save_every: int = 50,
+        resume: bool = False,
+    ) -> DistilledData | list[DistilledData]:
         """Distil (X, y) into s·b synthetic objects and s·e learning rates.
 
         Args:
@@ -167,58 +188,94 @@ class Distiller:
           outer_epochs: passes over the real data; the outer loop runs
             outer_epochs · ⌈N / batch_size⌉ steps (the last batch of an epoch may be smaller).
           batch_size: real objects per outer step.
+          checkpoint: file for the outer loop's full state (x̃, ρ, labels, Adam, generators,
+            position, history), written atomically every ``save_every`` outer steps and at the end.
+          save_every: outer steps between two checkpoints.
+          resume: continue from ``checkpoint`` if it exists (bit-identical to an uninterrupted
+            run); without it an existing checkpoint is an error, never silently overwritten.
 
         Returns:
           :class:`memdistill.DistilledData` with x [s, b, *in_shape], y [s, b] (int64, or the
-          learned soft labels), lrs [s·e], the config, the seed and the outer-loss history.
+          learned soft labels), lrs [s·e], the config, the seed and the outer-loss history; a
+          list of R of them, restart r with seed ``seed + r``, when ``restarts`` was given.
 
         Raises:
           FloatingPointError: the outer loss or a hypergradient became NaN/inf (the message
             says what to lower); no data is returned then.
+          ValueError: the checkpoint is corrupt or belongs to another run.
         """
         X, y = self._check_real(X, y, outer_epochs, batch_size)
+        if not isinstance(save_every, int) or save_every < 1:
+            raise ValueError(f"Distiller.fit: save_every must be an int >= 1, got {save_every!r}")
         classes = int(y.max()) + 1
         outputs = self._outputs(X, classes)
-        generator = torch.Generator().manual_seed(self.seed)
+        R = self.restarts or 1
+        generators = [torch.Generator().manual_seed(self.seed + r) for r in range(R)]
         labels = balanced_labels(self.steps, self.per_class, classes).to(self.device)
-        x_syn = torch.randn(
-            (self.steps, labels.shape[1], *X.shape[1:]), generator=generator, dtype=self.dtype
-        )
+        shape = (self.steps, labels.shape[1], *X.shape[1:])
+        x_syn = torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in generators])
         x_syn = x_syn.to(self.device).requires_grad_()
-        rho = torch.full(
-            (self.steps * self.epochs,),
-            inverse_softplus(self.init_lr),
-            dtype=self.dtype,
-            device=self.device,
-            requires_grad=True,
-        )
-        logits = soft_label_logits(labels, outputs, self.dtype).requires_grad_() if self.soft_labels else None
+        rho = torch.full((R, self.steps * self.epochs), inverse_softplus(self.init_lr), dtype=self.dtype,
+                         device=self.device, requires_grad=True)
+        logits = None
+        if self.soft_labels:
+            logits = soft_label_logits(labels, outputs, self.dtype)
+            logits = logits.expand(R, *logits.shape).clone().requires_grad_()
         optimiser = torch.optim.Adam([t for t in (x_syn, rho, logits) if t is not None], lr=self.outer_lr)
-        history: list[float] = []
+        config = self.config(classes, list(X.shape[1:]), outer_epochs, batch_size)
+        fingerprint = {**config, "seed": self.seed, "restarts": R, "data": data_hash(X, y)}
         batches = math.ceil(len(X) / batch_size)
-        with tqdm(
-            total=outer_epochs * batches, desc="distill", unit="step", leave=False, disable=not self.progress
-        ) as bar:
-            for _ in range(outer_epochs):
-                order = torch.randperm(len(X), generator=generator).to(self.device)
-                for index in order.split(batch_size):
-                    y_syn = labels if logits is None else soft_labels_from_logits(logits, outputs)
-                    lrs = nn.functional.softplus(rho)
-                    loss = self._outer_step(x_syn, y_syn, lrs, X[index], y[index], generator, len(history))
-                    optimiser.step()
-                    optimiser.zero_grad()
-                    history.append(loss)
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    bar.update()
-        y_final = labels if logits is None else soft_labels_from_logits(logits, outputs)
-        return DistilledData(
-            x=x_syn.detach().cpu().clone(),
-            y=y_final.detach().cpu().clone(),
-            lrs=nn.functional.softplus(rho).detach().cpu().clone(),
-            config=self.config(classes, list(X.shape[1:]), outer_epochs, batch_size),
-            seed=self.seed,
-            history=history,
-        )
+        total, done = outer_epochs * batches, 0
+        orders, history = torch.zeros(R, len(X), dtype=torch.int64), [[] for _ in range(R)]
+        if checkpoint is not None and Path(checkpoint).exists():
+            if not resume:
+                raise FileExistsError(f"Distiller.fit: checkpoint {checkpoint} exists; pass resume=True to "
+                                      "continue it, or delete it to start over")
+            state = load_state(checkpoint, fingerprint)
+            with torch.no_grad():
+                for t, name in ((x_syn, "x_syn"), (rho, "rho"), (logits, "logits")):
+                    if t is not None:
+                        t.copy_(state[name])
+            optimiser.load_state_dict(state["adam"])
+            for g, saved in zip(generators, state["generators"]):
+                g.set_state(saved)
+            done, orders, history = state["done"], state["orders"], state["history"]
+
+        def save() -> None:
+            save_state(checkpoint, fingerprint, {
+                "x_syn": x_syn.detach().cpu(), "rho": rho.detach().cpu(),
+                "logits": None if logits is None else logits.detach().cpu(), "adam": optimiser.state_dict(),
+                "generators": [g.get_state() for g in generators], "done": done, "orders": orders,
+                "history": history})
+
+        with tqdm(total=total, initial=done, desc="distill", unit="step", leave=False,
+                  disable=not self.progress) as bar:
+            while done < total:
+                at = done % batches * batch_size
+                if at == 0:  # a new outer epoch: a fresh permutation of the real data per restart
+                    orders = torch.stack([torch.randperm(len(X), generator=g) for g in generators])
+                index = orders[:, at:at + batch_size].to(self.device)
+                y_syn = (labels.expand(R, *labels.shape) if logits is None
+                         else soft_labels_from_logits(logits, outputs))
+                losses = self._outer_step(x_syn, y_syn, nn.functional.softplus(rho), X[index], y[index],
+                                          generators, done)
+                optimiser.step()
+                optimiser.zero_grad()
+                for h, loss in zip(history, losses):
+                    h.append(loss)
+                done += 1
+                if checkpoint is not None and (done % save_every == 0 or done == total):
+                    save()
+                bar.set_postfix(loss=f"{sum(losses) / R:.4f}", refresh=False)
+                bar.update()
+        y_final = labels.expand(R, *labels.shape) if logits is None else soft_labels_from_logits(logits, outputs)
+        lrs = nn.functional.softplus(rho)
+        results = [
+            DistilledData(x=x_syn[r].detach().cpu().clone(), y=y_final[r].detach().cpu().clone(),
+                          lrs=lrs[r].detach().cpu().clone(), config=config, seed=self.seed + r, history=history[r])
+            for r in range(R)
+        ]
+        return results if self.restarts is not None else results[0]
 
     def _outer_step(
         self,
@@ -227,41 +284,59 @@ class Distiller:
         lrs: torch.Tensor,
         x_real: torch.Tensor,
         y_real: torch.Tensor,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
         step: int,
-    ) -> float:
-        """L = (1/m) Σ_j L_j over fresh θ0's; leaves ∇L in x_syn.grad, ρ.grad (, logits.grad)."""
-        hgs = []
-        for arch in self.archs:
-            model = fresh_model(arch, int(torch.randint(2**62, (1,), generator=generator)), self.dtype)
-            try:
-                hgs.append(
-                    hypergradient(
-                        model.to(self.device),
-                        x_syn.detach(),
-                        y_syn.detach(),
-                        lrs.detach(),
-                        x_real,
-                        y_real,
-                        epochs=self.epochs,
-                        momentum=self.momentum,
-                        method=self.method,
-                        snapshots=self.snapshots,
-                    )
-                )
-            except FloatingPointError as error:
-                raise self._diverged(step, f"the inner loop diverged ({error})") from None
-        loss = sum(float(hg.loss) for hg in hgs) / len(hgs)
-        grad_x = torch.stack([hg.grad_x_syn for hg in hgs]).mean(0)
-        grad_lrs = torch.stack([hg.grad_lrs for hg in hgs]).mean(0)
-        grad_y = torch.stack([hg.grad_y_syn for hg in hgs]).mean(0) if y_syn.requires_grad else None
+    ) -> list[float]:
+        """Per restart r, L_r = (1/m) Σ_j L_rj over fresh θ0's; leaves ∇L_r in x_syn.grad[r],
+        ρ.grad[r] (, logits.grad[r]) and returns [L_r]. All shapes lead with R."""
+        m = len(self.archs)
+        seeds = [[int(torch.randint(2**62, (1,), generator=g)) for _ in self.archs] for g in generators]
+        pairs = [(r, j) for r in range(len(generators)) for j in range(m)]
+        mine = self._my_pairs(pairs)
+        models = [fresh_model(self.archs[j], seeds[r][j], self.dtype).to(self.device) for r, j in mine]
+        rows = torch.tensor([r for r, _ in mine], device=self.device)
+        try:
+            result = hypergradients(models, x_syn.detach()[rows], y_syn.detach()[rows], lrs.detach()[rows],
+                                    x_real[rows], y_real[rows], epochs=self.epochs, momentum=self.momentum,
+                                    method=self.method, snapshots=self.snapshots)
+        except FloatingPointError as error:
+            raise self._diverged(step, f"the inner loop diverged ({error})") from None
+        if len(mine) != len(pairs):
+            result = self._gather(result, len(pairs))
+        # Mean over the m models of each restart, one restart at a time (the same reduction for any R).
+        def per_restart(t: torch.Tensor) -> torch.Tensor:
+            return torch.stack([t[r * m:(r + 1) * m].mean(0) for r in range(len(generators))])
+
+        losses = [sum(float(v) for v in result.loss[r * m:(r + 1) * m]) / m for r in range(len(generators))]
+        grad_x, grad_lrs = per_restart(result.grad_x), per_restart(result.grad_lrs)
+        grad_y = per_restart(result.grad_y) if y_syn.requires_grad else None
         grads = [g for g in (grad_x, grad_lrs, grad_y) if g is not None]
-        if not (math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)):
-            raise self._diverged(step, f"the outer loss or its hypergradient is not finite (loss {loss})")
+        if not (all(map(math.isfinite, losses)) and all(bool(torch.isfinite(g).all()) for g in grads)):
+            raise self._diverged(step, f"the outer loss or its hypergradient is not finite (losses {losses})")
         x_syn.grad = grad_x
         # chain rule through η̃ = softplus(ρ) and ỹ = sigmoid/softmax(logits) into ρ.grad, logits.grad
         torch.autograd.backward([lrs, y_syn][: len(grads) - 1], grads[1:])
-        return loss
+        return losses
+
+    def _my_pairs(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (restart, model) pairs this process computes: all, or its share under data_parallel."""
+        if not (self.data_parallel and dist.is_available() and dist.is_initialized()):
+            return pairs
+        return pairs[dist.get_rank()::dist.get_world_size()]
+
+    def _gather(self, mine: Rows, count: int) -> Rows:
+        """Every rank's rows, in the order of the full pair list (rank k holds pairs k, k+W, …)."""
+        world = dist.get_world_size()
+        parts: list[Rows | None] = [None] * world
+        dist.all_gather_object(parts, Rows(*(None if t is None else t.cpu() for t in mine)))
+        def merge(field: int) -> torch.Tensor | None:
+            if parts[0][field] is None:
+                return None
+            out = parts[0][field].new_empty((count, *parts[0][field].shape[1:]))
+            for k, part in enumerate(parts):
+                out[k::world] = part[field]
+            return out.to(self.device)
+        return Rows(*(merge(f) for f in range(len(Rows._fields))))
 
     def _diverged(self, step: int, what: str) -> FloatingPointError:
         return FloatingPointError(
