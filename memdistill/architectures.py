@@ -105,5 +105,7 @@ def fresh_model(arch: Callable[[], nn.Module], seed: int, dtype: torch.dtype = t
     with ``seed``, so the same seed gives the same parameters bit for bit.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also queue seeds for every
+        # accelerator backend, which costs more than building a small model
+        torch.random.default_generator.manual_seed(seed)
         return arch().to(dtype)
