@@ -17,6 +17,7 @@ import torch
 from memdistill import reproduce
 from memdistill._io import write_json_atomic
 from memdistill.architectures import mlp
+from memdistill.batch import process_group, run_batch
 from memdistill.data import Dataset, load_dataset
 from memdistill.distilled import DistilledData
 from memdistill.distiller import Distiller
@@ -180,6 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_options(repro, REPRODUCE_OPTIONS)
     _add_distill_options(repro)
+
+    jobs = commands.add_parser(
+        "batch",
+        help="run the distillations of a TOML job file; shards them over torchrun's ranks; resumable",
+        description="Run every job of JOB_FILE (configs x restarts), each writing OUT/<job>/ "
+        "(distilled.safetensors, metrics.json, figures), then OUT/summary.json and summary.md. "
+        "Under torchrun (e.g. torchrun --nproc_per_node=2 -m memdistill batch ...) the jobs are "
+        "sharded over the ranks, or, with data_parallel = true in the job file, each distillation "
+        "splits its internal models over them; results equal a single process's. Keys: see "
+        "memdistill/jobfile.py.",
+    )
+    jobs.add_argument(
+        "job_file", type=Path, help="TOML job file ([[jobs]] tables, optional [defaults], [evaluate])"
+    )
+    jobs.add_argument("--out", required=True, type=Path, help="output directory")
+    jobs.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed batch in --out: skip finished jobs, continue the others from checkpoints",
+    )
+    jobs.add_argument(
+        "--threads", type=int, help="torch threads per process (default torch's; results depend on it)"
+    )
+    jobs.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -279,7 +304,23 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     )
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce}
+def cmd_batch(args: argparse.Namespace) -> None:
+    """Run a job file (sharded over torchrun's ranks); rank 0 prints where the summary is."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"batch: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    with process_group():
+        summary = run_batch(args.job_file, args.out, resume=args.resume, progress=not args.no_progress)
+    if summary is None:
+        return
+    print(f"wrote {len(summary['jobs'])} jobs and {args.out / 'summary.md'} in {summary['seconds']:.0f} s")
+    if summary["failed"]:
+        failed = ", ".join(summary["failed"])
+        raise FloatingPointError(f"{len(summary['failed'])} job(s) diverged: {failed}; see summary.md")
+
+
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce, "batch": cmd_batch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

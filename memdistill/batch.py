@@ -1,0 +1,533 @@
+"""``memdistill batch``: the jobs of a job file, sharded over torch.distributed ranks, resumable.
+
+The unit of work is a *run* (:class:`memdistill.jobfile.Run`): some restarts of one config
+distilled together by one :class:`memdistill.Distiller` (``restarts=R``). Two modes:
+
+- **sharding** (default): the runs are dealt to the ranks by :func:`assign` (longest first,
+  each to the least loaded rank); each rank distils, evaluates and writes its own runs.
+- **data parallel** (``data_parallel = true`` in the job file): every rank takes part in every
+  run, ``Distiller(data_parallel=True)`` splitting the internal models of each outer step
+  across the ranks; every rank gets the same results, rank 0 evaluates and writes them.
+
+Either way a job's results are the bits a single process computes with the same seeds (with
+the same number of torch threads per process). Without a process group (a plain command) the
+world is one rank; under ``torchrun`` the group is joined from ``env://`` (gloo on CPU, nccl
+with CUDA).
+
+Outputs, all written atomically: ``OUT/<job>/distilled.safetensors``, ``metrics.json`` (test
+accuracies per strategy × test architecture: mean, std, ci95, and the raw values), PNG
+figures; ``OUT/summary.json`` and ``OUT/summary.md`` (rank 0, after every rank is done).
+
+Resume (``resume=True``): a job is finished when its ``metrics.json`` exists, and is skipped;
+a run whose jobs all hold their distilled data is only evaluated; any other run continues its
+Distiller checkpoint ``OUT/<first job of the run>/state.pt`` (saved every ``save_every`` outer
+steps, removed once the run's data are saved), so a run killed at any point gives the same
+bits as an uninterrupted one. Without ``resume``, a job folder holding any of these files is
+an error, as is a finished job whose recorded config differs from the job file's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from memdistill import figures
+from memdistill._io import write_json_atomic, write_text_atomic
+from memdistill.architectures import mlp
+from memdistill.data import Dataset, load_dataset
+from memdistill.distilled import DistilledData
+from memdistill.distiller import Distiller
+from memdistill.evaluation import distilled_accuracies
+from memdistill.jobfile import Evaluation, Job, JobFile, Run, read
+from memdistill.report import markdown_table, strategy_table
+from memdistill.reproduce import _summaries
+
+DATA_FILE = "distilled.safetensors"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "state.pt"
+Accuracies = dict[str, dict[str, list[float]]]
+"""Test accuracies[strategy][test architecture], one per fresh model."""
+
+
+# ---- the process group ----
+
+
+@contextmanager
+def process_group() -> Iterator[None]:
+    """Join torchrun's process group from ``env://`` (gloo on CPU, nccl with CUDA) when this
+    process was launched by torchrun and no group exists yet; leave it at the end."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not launched or dist.is_initialized():
+        yield
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="env://")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def device() -> torch.device:
+    """Where this rank distils: its CUDA device when there is one, else the CPU."""
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def all_ranks(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` without a process group)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return [value]
+    values: list[Any] = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+# ---- planning ----
+
+
+def run_cost(run: Run, train_size: int) -> int:
+    """Inner steps the run computes: restarts × m × s·e × outer steps (a proxy of its time)."""
+    config = run.config
+    outer_steps = config.outer_epochs * math.ceil(train_size / config.batch_size)
+    return run.count * len(config.internal_archs) * config.steps * config.epochs * outer_steps
+
+
+def assign(costs: Sequence[float], world_size: int) -> list[list[int]]:
+    """Indices of the runs of each rank: longest first, each to the least loaded rank (the
+    lowest on ties); each rank's indices ascending. Depends only on ``costs`` and ``world_size``."""
+    loads = [0.0] * world_size
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[rank] += costs[index]
+        shards[rank].append(index)
+    return [sorted(shard) for shard in shards]
+
+
+def load_datasets(job_file: JobFile) -> dict[tuple[str, str | None], Dataset]:
+    """Every distinct (data, label) of the job file, loaded once; an error names the job key."""
+    datasets = {}
+    for config in job_file.configs:
+        key = (config.data, config.label)
+        if key not in datasets:
+            try:
+                datasets[key] = load_dataset(config.data, label=config.label)
+            except ValueError as error:
+                raise ValueError(f"{job_file.path.name}: jobs[{config.index}].data: {error}") from None
+    return datasets
+
+
+def read_metrics(folder: Path) -> dict[str, Any]:
+    """The metrics.json of a job folder."""
+    path = folder / METRICS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"batch: {path} is not a metrics file written by memdistill batch ({error})"
+        ) from None
+
+
+def distillation_record(job: Job) -> dict[str, Any]:
+    """What makes a job's distilled data: its config record without the evaluation."""
+    return {key: value for key, value in job.config.record().items() if key != "evaluate"}
+
+
+def stale_file(job: Job, folder: Path) -> str | None:
+    """The job's metrics.json (else distilled data) if it was made with another config."""
+    if (folder / METRICS_FILE).exists():
+        return None if read_metrics(folder).get("config") == job.config.record() else METRICS_FILE
+    if (folder / DATA_FILE).exists():
+        made = DistilledData.load(folder / DATA_FILE).config.get("batch")
+        return None if made == distillation_record(job) else DATA_FILE
+    return None
+
+
+def folder_problems(jobs: Sequence[Job], out: Path, resume: bool) -> list[str]:
+    """Why the job folders under ``out`` can not be (re)used: results present without
+    ``resume``; with ``resume``, results made with another config than the job file's."""
+    problems = []
+    for job in jobs:
+        folder = out / job.name
+        present = [name for name in (DATA_FILE, METRICS_FILE, CHECKPOINT_FILE) if (folder / name).exists()]
+        stale = stale_file(job, folder) if resume else None
+        if present and not resume:
+            problems.append(
+                f"batch: {folder} already holds {', '.join(present)}; pass --resume to continue, "
+                "or choose an empty --out"
+            )
+        elif stale:
+            problems.append(
+                f"batch: {folder / stale} was made with another config than jobs[{job.config.index}] "
+                f"of the job file; use a new --out for a changed job file"
+            )
+    return problems
+
+
+def run_status(run: Run, out: Path) -> str:
+    """``"done"`` (every job has metrics), ``"evaluate"`` (every job has its distilled data)
+    or ``"distil"``."""
+    folders = [out / job.name for job in run.jobs]
+    if all((folder / METRICS_FILE).exists() for folder in folders):
+        return "done"
+    return "evaluate" if all((folder / DATA_FILE).exists() for folder in folders) else "distil"
+
+
+# ---- one run ----
+
+
+def distil(
+    run: Run, dataset: Dataset, out: Path, *, resume: bool, data_parallel: bool, progress: bool
+) -> list[DistilledData]:
+    """The run's distilled sets (one per restart), continuing its checkpoint when ``resume``."""
+    config = run.config
+    archs = [mlp(name, dataset.in_features, dataset.out_features) for name in config.internal_archs]
+    distiller = Distiller(
+        archs,
+        steps=config.steps,
+        epochs=config.epochs,
+        per_class=config.per_class,
+        method=config.method,
+        momentum=config.momentum,
+        init_lr=config.init_lr,
+        outer_lr=config.outer_lr,
+        seed=config.seed + run.first,
+        soft_labels=config.soft_labels,
+        snapshots=config.snapshots,
+        dtype=getattr(torch, config.dtype),
+        device=device(),
+        progress=progress,
+        restarts=run.count,
+        data_parallel=data_parallel,
+    )
+    results = distiller.fit(
+        dataset.x_train,
+        dataset.y_train,
+        config.outer_epochs,
+        config.batch_size,
+        checkpoint=out / run.jobs[0].name / CHECKPOINT_FILE,
+        save_every=config.save_every,
+        resume=resume,
+    )
+    for job, data in zip(run.jobs, results):
+        data.config = {
+            **data.config,
+            "data": config.data,
+            "label": config.label,
+            "job": job.name,
+            "restart": job.restart,
+            "batch": distillation_record(job),
+        }
+    return results
+
+
+def evaluate(data: DistilledData, dataset: Dataset, evaluation: Evaluation) -> Accuracies:
+    """Test accuracies of ``evaluation.inits`` fresh models per strategy and test architecture."""
+    return {
+        strategy: {
+            arch: distilled_accuracies(
+                data,
+                dataset,
+                mlp(arch, dataset.in_features, dataset.out_features),
+                strategy,
+                inits=evaluation.inits,
+                seed=evaluation.seed,
+                total_epochs=evaluation.total_epochs,
+            )
+            for arch in evaluation.test_archs
+        }
+        for strategy in evaluation.strategies
+    }
+
+
+def write_figures(
+    folder: Path, name: str, data: DistilledData, accuracies: Accuracies, dataset: Dataset
+) -> list[str]:
+    """lrs.png, accuracy.png and (2 features) synthetic.png of one job; returns the names."""
+    plots = {
+        "lrs.png": figures.plot_lrs({name: data}),
+        "accuracy.png": figures.plot_accuracies(
+            {
+                arch: {strategy: accuracies[strategy][arch] for strategy in accuracies}
+                for arch in next(iter(accuracies.values()))
+            }
+        ),
+    }
+    if dataset.in_features == 2:
+        plots["synthetic.png"] = figures.plot_synthetic(dataset, {name: data})
+    for file, figure in plots.items():
+        figures.save_png(figure, folder / file)
+    return list(plots)
+
+
+def finish_job(
+    job: Job, data: DistilledData, dataset: Dataset, out: Path, distil_seconds: float
+) -> dict[str, Any]:
+    """Evaluate one job's distilled data, write its figures and (last) its metrics.json."""
+    start = time.perf_counter()
+    accuracies = evaluate(data, dataset, job.config.evaluate)
+    names = (
+        write_figures(out / job.name, job.name, data, accuracies, dataset)
+        if job.config.evaluate.figures
+        else []
+    )
+    metrics = {
+        "job": job.name,
+        "restart": job.restart,
+        "seed": job.seed,
+        "config": job.config.record(),
+        "final_loss": data.history[-1],
+        "accuracy": _summaries(accuracies),
+        "accuracies": accuracies,
+        "figures": names,
+        "seconds": {"distil": distil_seconds, "evaluate": time.perf_counter() - start},
+    }
+    write_json_atomic(out / job.name / METRICS_FILE, metrics)
+    return metrics
+
+
+def remove_partial_writes(folder: Path) -> None:
+    """Delete the temporary files of atomic writes (``.<name>.*.tmp``) a killed process left."""
+    for path in folder.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def execute(
+    run: Run,
+    status: str,
+    dataset: Dataset,
+    out: Path,
+    *,
+    resume: bool,
+    data_parallel: bool,
+    writer: bool,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Bring every job of ``run`` to finished; return their metrics (none when not ``writer``).
+
+    ``status`` is :func:`run_status`; in data-parallel mode every rank distils, and only the
+    writer saves, evaluates and writes.
+    """
+    start = time.perf_counter()
+    if writer and resume:
+        for job in run.jobs:
+            remove_partial_writes(out / job.name)
+    if status == "distil":
+        results = distil(run, dataset, out, resume=resume, data_parallel=data_parallel, progress=progress)
+        if data_parallel and dist.is_initialized():
+            dist.barrier()  # every rank has written its last checkpoint before the writer removes it
+        if writer:
+            for job, data in zip(run.jobs, results):
+                data.save(out / job.name / DATA_FILE)
+            (out / run.jobs[0].name / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if not writer:
+        return []
+    seconds = time.perf_counter() - start
+    metrics = []
+    for job in run.jobs:
+        folder = out / job.name
+        if (folder / METRICS_FILE).exists():
+            metrics.append(read_metrics(folder))
+        else:
+            metrics.append(finish_job(job, DistilledData.load(folder / DATA_FILE), dataset, out, seconds))
+    return metrics
+
+
+# ---- progress ----
+
+
+@contextmanager
+def overall_bar(out: Path, jobs: Sequence[Job], *, enabled: bool, position: int) -> Iterator[None]:
+    """A bar of the finished jobs of all ranks (their metrics.json files, polled every second)."""
+    stop = threading.Event()
+
+    def count() -> int:
+        return sum((out / job.name / METRICS_FILE).exists() for job in jobs)
+
+    with tqdm(total=len(jobs), desc="all ranks", unit="job", position=position, disable=not enabled) as bar:
+
+        def poll() -> None:
+            while not stop.wait(1.0):
+                bar.update(count() - bar.n)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            bar.update(count() - bar.n)
+
+
+# ---- the batch ----
+
+
+def summarise(
+    job_file: JobFile,
+    metrics: Sequence[dict[str, Any]],
+    failed: dict[str, str],
+    world_size: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """summary.json: every job's final loss and accuracy, each config's accuracy pooled over its
+    restarts × test models, the failed jobs and how the batch ran."""
+    by_name = {m["job"]: m for m in metrics}
+    configs = {}
+    for config in job_file.configs:
+        done = [by_name[job.name] for job in job_file.jobs if job.config is config and job.name in by_name]
+        if done:
+            pooled = {
+                s: {a: [v for m in done for v in m["accuracies"][s][a]] for a in done[0]["accuracies"][s]}
+                for s in done[0]["accuracies"]
+            }
+            configs[config.name] = {"jobs": [m["job"] for m in done], "accuracy": _summaries(pooled)}
+    jobs = {
+        job.name: {key: by_name[job.name][key] for key in ("seed", "final_loss", "accuracy")}
+        for job in job_file.jobs
+        if job.name in by_name
+    }
+    return {
+        "job_file": str(job_file.path),
+        "world_size": world_size,
+        "data_parallel": job_file.data_parallel,
+        "seconds": seconds,
+        "configs": configs,
+        "jobs": jobs,
+        "failed": failed,
+    }
+
+
+def _tables(first: str, entries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Markdown tables of {name: {strategy: {test arch: summary}}}, one per set of test archs."""
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for name, by_strategy in entries.items():
+        archs = tuple(next(iter(by_strategy.values())))
+        groups.setdefault(archs, []).extend(strategy_table(by_strategy, [name]))
+    return [markdown_table([first, "strategy", *archs], rows) for archs, rows in groups.items()]
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """summary.md: accuracy per config (pooled over restarts) and per job, and the failures."""
+    mode = "data parallel" if summary["data_parallel"] else "jobs sharded"
+    parts = [
+        "# memdistill batch",
+        f"Job file `{summary['job_file']}`; {len(summary['jobs'])} jobs finished on {summary['world_size']} "
+        f"rank(s), {mode}, in {summary['seconds']:.0f} s.",
+        "Cells: test accuracy, mean ± std over the fresh test models (and restarts, per config).",
+        "## Configs",
+        *_tables("config", {name: c["accuracy"] for name, c in summary["configs"].items()}),
+        "## Jobs",
+        *_tables("job", {name: j["accuracy"] for name, j in summary["jobs"].items()}),
+    ]
+    if summary["failed"]:
+        parts += ["## Failed", "\n".join(f"- `{job}`: {error}" for job, error in summary["failed"].items())]
+    return "\n\n".join(parts) + "\n"
+
+
+def shard(job_file: JobFile, out: Path, datasets: dict, rank: int, world: int) -> tuple[list[int], list[str]]:
+    """The indices of the runs this rank takes part in, and every run's :func:`run_status`
+    (rank 0's in data-parallel mode, where all ranks must take the same steps)."""
+    runs = job_file.runs
+    statuses = [run_status(run, out) for run in runs]
+    if job_file.data_parallel:
+        return list(range(len(runs))), all_ranks(statuses)[0]
+    costs = [run_cost(run, len(datasets[run.config.data, run.config.label].x_train)) for run in runs]
+    return assign(costs, world)[rank], statuses
+
+
+def write_summary(job_file: JobFile, out: Path, gathered: list, world: int, seconds: float) -> dict[str, Any]:
+    """summary.json and summary.md from every rank's (metrics, failed jobs); returns the summary."""
+    metrics = [m for ms, _ in gathered for m in ms]
+    failed = {job: error for _, fs in gathered for job, error in fs.items()}
+    summary = summarise(job_file, metrics, failed, world, seconds)
+    write_json_atomic(out / "summary.json", summary)
+    write_text_atomic(out / "summary.md", render_summary(summary))
+    return summary
+
+
+def run_batch(
+    job_file: JobFile | str | Path, out: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any] | None:
+    """Run every job of a job file and write their folders and the summary under ``out``.
+
+    Call it in every process of a torch.distributed group (or in one process): the runs are
+    sharded over the ranks, or every run is shared by all of them with ``data_parallel``.
+
+    Args:
+      job_file: a :class:`memdistill.jobfile.JobFile` or the path of a TOML job file.
+      out: the output folder.
+      resume: continue a killed batch in ``out``: finished jobs are skipped, the others
+        continue from their checkpoints.
+      progress: tqdm bars: each rank's jobs (desc ``rank k``), all ranks' jobs on rank 0.
+
+    Returns:
+      The summary (as in summary.json) on rank 0; None on the other ranks.
+
+    Raises:
+      ValueError: an invalid job file, or ``out`` holding results that can not be used,
+        before any work starts (on every rank).
+    """
+    start, out = time.perf_counter(), Path(out)
+    job_file = job_file if isinstance(job_file, JobFile) else read(job_file)
+    rank, world = rank_and_world()
+    datasets = load_datasets(job_file)
+    problems = sorted({p for ps in all_ranks(folder_problems(job_file.jobs, out, resume)) for p in ps})
+    if problems:
+        raise ValueError("\n".join(problems))
+    runs, (mine, statuses) = job_file.runs, shard(job_file, out, datasets, rank, world)
+    writer = rank == 0 or not job_file.data_parallel
+    metrics, failed = [], {}
+    with (
+        overall_bar(out, job_file.jobs, enabled=progress and rank == 0 and world > 1, position=0),
+        tqdm(
+            total=sum(runs[i].count for i in mine),
+            desc=f"rank {rank}" if world > 1 else "batch",
+            unit="job",
+            position=rank + (world > 1),
+            disable=not progress or not writer,
+        ) as bar,
+    ):
+        for i in mine:
+            run = runs[i]
+            bar.set_postfix_str(run.jobs[0].name + ("" if run.count == 1 else f"…r{run.jobs[-1].restart}"))
+            try:
+                metrics += execute(
+                    run,
+                    statuses[i],
+                    datasets[run.config.data, run.config.label],
+                    out,
+                    resume=resume,
+                    data_parallel=job_file.data_parallel,
+                    writer=writer,
+                    progress=progress and world == 1,
+                )
+            except FloatingPointError as error:
+                failed.update({job.name: str(error) for job in run.jobs})
+            bar.update(run.count)
+    gathered = all_ranks((metrics, failed))
+    return write_summary(job_file, out, gathered, world, time.perf_counter() - start) if rank == 0 else None

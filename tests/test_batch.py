@@ -1,0 +1,425 @@
+"""memdistill batch: job files and their errors, sharding, 2-process gloo runs equal to one
+process, resume skipping finished jobs, and SIGKILL at random points losing nothing."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from memdistill import jobfile
+from memdistill.architectures import mlp
+from memdistill.batch import DATA_FILE, METRICS_FILE, assign, run_batch
+from memdistill.cli import main
+from memdistill.data import load_dataset
+from memdistill.distilled import DistilledData
+from memdistill.distiller import Distiller
+
+torch.set_num_threads(1)
+
+TINY = """
+[defaults]
+steps = 3
+epochs = 1
+per_class = 2
+outer_epochs = 1
+batch_size = 250
+save_every = 1
+[evaluate]
+test_archs = ["1-layer", "2-layer"]
+strategies = ["none", "s2"]
+inits = 2
+total_epochs = 2
+figures = false
+"""
+MOONS_JOB = """
+[[jobs]]
+archs = ["2-layer"]
+models = 2
+restarts = 2
+[jobs.evaluate]
+figures = true
+"""
+SHARDED = TINY + MOONS_JOB + """
+[[jobs]]
+name = "mixed"
+archs = ["1-layer", "2-layer"]
+momentum = 0.5
+[[jobs]]
+data = "iris"
+archs = ["1-layer"]
+models = 1
+restarts = 2
+batch_restarts = 1
+"""
+DATA_PARALLEL = "data_parallel = true\n" + TINY + '[[jobs]]\narchs = ["1-layer", "2-layer"]\nrestarts = 2\n'
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def assert_same_results(out_a: Path, out_b: Path, names, *, ignore=()) -> None:
+    """Bit-identical distilled data, the same config but the ``ignore`` keys and identical test
+    accuracies in every job folder."""
+    for name in names:
+        a, b = DistilledData.load(out_a / name / DATA_FILE), DistilledData.load(out_b / name / DATA_FILE)
+        for field in ("x", "y", "lrs"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), (name, field)
+        assert a.history == b.history, name
+        assert {k: v for k, v in a.config.items() if k not in ignore} == {
+            k: v for k, v in b.config.items() if k not in ignore
+        }, name
+        metrics_a, metrics_b = (json.loads((out / name / METRICS_FILE).read_text()) for out in (out_a, out_b))
+        assert metrics_a["accuracies"] == metrics_b["accuracies"], name
+
+
+# ---- job files ----
+
+BAD_FILES = [
+    ("jobz = 1\n[[jobs]]\n", "jobz: unknown key (did you mean 'jobs'?)"),
+    ("[defaults]\nsteps = 2\n", "jobs: expected a non-empty list of [[jobs]] tables"),
+    ("jobs = [1]\n", "jobs[0]: expected a table, got 1"),
+    (
+        '[[jobs]]\nmethod = "adjiont"\n',
+        "jobs[0].method: unknown method 'adjiont'; expected one of ['autograd'",
+    ),
+    ("[[jobs]]\nstesp = 3\n", "jobs[0].stesp: unknown key (did you mean 'steps'?)"),
+    ('[[jobs]]\nsteps = "3"\n', "jobs[0].steps: expected an integer, got '3' (str)"),
+    ("[[jobs]]\nsteps = true\n", "jobs[0].steps: expected an integer, got True (bool)"),
+    ("[[jobs]]\nsteps = 0\n", "jobs[0].steps: must be >= 1, got 0"),
+    ("[[jobs]]\nmomentum = 1\n", "jobs[0].momentum: must be in [0, 1), got 1"),
+    ("[[jobs]]\nouter_lr = -0.1\n", "jobs[0].outer_lr: must be positive and finite, got -0.1"),
+    ('[[jobs]]\narchs = "2-layer"\n', "jobs[0].archs: expected a non-empty list of strings, got '2-layer'"),
+    ('[[jobs]]\narchs = ["2-layer", "3layer"]\n', "jobs[0].archs[1]: unknown architecture '3layer'"),
+    ('[[jobs]]\ndata = "moon"\n', "jobs[0].data: unknown data set 'moon'; expected one of ['moons'"),
+    ('[[jobs]]\ndata = "missing.csv"\n', "jobs[0].data: no CSV file at"),
+    ('[[jobs]]\ndata = "missing.csv"\n', "jobs[0].label: required with the CSV data 'missing.csv'"),
+    (
+        '[[jobs]]\ndtype = "float16"\n',
+        "jobs[0].dtype: unknown dtype 'float16'; expected one of ['float32', 'float64']",
+    ),
+    (
+        '[[jobs]]\narchs = ["1-layer", "2-layer"]\nmodels = 3\n',
+        "jobs[0].models: 3 does not match the 2 archs",
+    ),
+    (
+        '[[jobs]]\nmethod = "reversible"\n',
+        "jobs[0].momentum: method 'reversible' needs momentum > 0, got 0.0",
+    ),
+    (
+        '[[jobs]]\n[[jobs]]\n[jobs.evaluate]\nstrategies = ["s4"]\n',
+        "jobs[1].evaluate.strategies[0]: unknown strategy 's4'",
+    ),
+    ("[[jobs]]\n[jobs.evaluate]\nint = 3\n", "jobs[0].evaluate.int: unknown key (did you mean 'inits'?)"),
+    (
+        '[evaluate]\ntest_archs = ["5layer"]\n[[jobs]]\n',
+        "evaluate.test_archs[0]: unknown architecture '5layer'",
+    ),
+    ('[defaults]\nname = "x"\n[[jobs]]\n', "defaults.name: unknown key"),
+    ("[defaults]\nseed = -1\n[[jobs]]\n", "defaults.seed: must be >= 0, got -1"),
+    ('data_parallel = "yes"\n[[jobs]]\n', "data_parallel: expected true or false, got 'yes' (str)"),
+    ("[[jobs]]\n[[jobs]]\n", "jobs[1].name: 'moons-2-layer' is already the name of jobs[0]"),
+    ('[[jobs]]\nname = "a/b"\n', "jobs[0].name: must be a folder name"),
+    ("[[jobs]\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_FILES, ids=[m.split(":")[0] for _, m in BAD_FILES])
+def test_bad_job_file_names_the_key(tmp_path, text, message):
+    with pytest.raises(ValueError) as error:
+        jobfile.parse(text, tmp_path / "job.toml")
+    assert f"job.toml: {message}" in str(error.value)
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
+    text = '[[jobs]]\nsteps = 0\nmethod = "x"\n[[jobs]]\narchs = ["nope"]\n'
+    with pytest.raises(ValueError) as error:
+        jobfile.parse(text, tmp_path / "job.toml")
+    lines = str(error.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["jobs[0].steps", "jobs[0].method", "jobs[1].archs[0]"]
+
+
+def test_cli_rejects_a_bad_file_before_any_work(tmp_path, capsys):
+    job = write(tmp_path / "job.toml", '[[jobs]]\nmethod = "adjiont"\n')
+    with pytest.raises(SystemExit) as exit_:
+        main(["batch", str(job), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert (
+        "memdistill batch: error: job.toml: jobs[0].method: unknown method 'adjiont'"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_jobs_runs_names_seeds_and_defaults(tmp_path):
+    write(tmp_path / "points.csv", "a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
+    text = (
+        "[defaults]\nseed = 10\n[evaluate]\ninits = 3\n"
+        "[[jobs]]\nrestarts = 5\nbatch_restarts = 2\n"
+        '[[jobs]]\ndata = "points.csv"\nlabel = "label"\narchs = ["1-layer", "4-layer"]\n[jobs.evaluate]\ninits = 1\n'
+    )
+    parsed = jobfile.parse(text, tmp_path / "job.toml")
+    assert [job.name for job in parsed.jobs] == [
+        *(f"moons-2-layer-r{r}" for r in range(5)),
+        "points-1-layer+4-layer-r0",
+    ]
+    assert [job.seed for job in parsed.jobs] == [10, 11, 12, 13, 14, 10]
+    assert [(run.first, run.count) for run in parsed.runs] == [(0, 2), (2, 2), (4, 1), (0, 1)]
+    first, second = parsed.configs
+    assert first.internal_archs == ("2-layer",) * 3 and second.internal_archs == ("1-layer", "4-layer")
+    assert (
+        first.evaluate.inits == 3
+        and second.evaluate.inits == 1
+        and first.evaluate.strategies == ("none", "s1", "s2", "s3")
+    )
+    assert second.data == str((tmp_path / "points.csv").resolve())
+    assert set(first.record()) == set(jobfile.JOB_KEYS) - {"save_every"} | {"evaluate"}
+    assert set(jobfile.JOB_KEYS) | {"index", "evaluate"} == {
+        f.name for f in jobfile.dataclasses.fields(jobfile.Config)
+    }
+
+
+@pytest.mark.parametrize(
+    "costs, world, shards",
+    [
+        ([5, 1, 4, 2, 3], 2, [[0, 1, 3], [2, 4]]),
+        ([5, 1, 4, 2, 3], 1, [[0, 1, 2, 3, 4]]),
+        ([1, 1, 1, 1], 2, [[0, 2], [1, 3]]),
+        ([2, 7], 3, [[1], [0], []]),
+    ],
+)
+def test_assign_longest_first_to_the_least_loaded_rank(costs, world, shards):
+    assert assign(costs, world) == shards
+
+
+# ---- one process: outputs, resume, refusal to overwrite ----
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The sharded job file run in this process (the reference of the other tests)."""
+    folder = tmp_path_factory.mktemp("single")
+    job = write(folder / "job.toml", SHARDED)
+    summary = run_batch(job, folder / "out", progress=False)
+    return job, folder / "out", summary
+
+
+def test_single_process_writes_every_job_and_the_summary(single):
+    job, out, summary = single
+    names = [j.name for j in jobfile.read(job).jobs]
+    assert names == ["moons-2-layer-r0", "moons-2-layer-r1", "mixed-r0", "iris-1-layer-r0", "iris-1-layer-r1"]
+    for name in names:
+        metrics = json.loads((out / name / METRICS_FILE).read_text())
+        assert set(metrics["accuracy"]) == {"none", "s2"} and set(metrics["accuracy"]["s2"]) == {
+            "1-layer",
+            "2-layer",
+        }
+        cell = metrics["accuracy"]["none"]["2-layer"]
+        assert cell["n"] == 2 and cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1]
+        drawn = ["lrs.png", "accuracy.png", "synthetic.png"] if name.startswith("moons") else []
+        assert metrics["figures"] == drawn and sorted(p.name for p in (out / name).glob("*.png")) == sorted(
+            drawn
+        )
+        assert all((out / name / png).read_bytes()[:4] == b"\x89PNG" for png in drawn)
+        assert DistilledData.load(out / name / DATA_FILE).config["job"] == name
+        assert not (out / name / "state.pt").exists()
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert (
+        list(summary["jobs"]) == names
+        and summary["failed"] == {}
+        and summary["configs"]["mixed"]["jobs"] == ["mixed-r0"]
+    )
+    assert summary["configs"]["moons-2-layer"]["accuracy"]["none"]["1-layer"]["n"] == 4
+    assert "| moons-2-layer | none |" in (out / "summary.md").read_text()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_restarts_batched_equal_restarts_run_alone(single, tmp_path):
+    job, out, _ = single
+    alone = write(
+        tmp_path / "job.toml", TINY + MOONS_JOB.replace("restarts = 2", "restarts = 2\nbatch_restarts = 1")
+    )
+    run_batch(alone, tmp_path / "out", progress=False)
+    assert_same_results(out, tmp_path / "out", ["moons-2-layer-r0", "moons-2-layer-r1"], ignore=["batch"])
+
+
+def test_resume_skips_finished_jobs_and_refuses_to_overwrite(single, monkeypatch):
+    job, out, summary = single
+    with pytest.raises(ValueError, match="already holds distilled.safetensors, metrics.json; pass --resume"):
+        run_batch(job, out, progress=False)
+    monkeypatch.setattr("memdistill.batch.Distiller", None)  # a finished batch distils nothing
+    resumed = run_batch(job, out, resume=True, progress=False)
+    assert resumed["jobs"] == summary["jobs"]
+    changed = write(job.parent / "changed.toml", SHARDED.replace("inits = 2", "inits = 3"))
+    with pytest.raises(ValueError, match="metrics.json was made with another config than jobs"):
+        run_batch(changed, out, resume=True, progress=False)
+
+
+def test_resume_evaluates_saved_data_and_refuses_data_of_another_config(single, tmp_path, monkeypatch):
+    job, out, summary = single
+    copy = shutil.copytree(out, tmp_path / "out")
+    (copy / "mixed-r0" / METRICS_FILE).unlink()
+    changed = write(tmp_path / "changed.toml", SHARDED.replace("momentum = 0.5", "momentum = 0.6"))
+    with pytest.raises(
+        ValueError, match=r"mixed-r0/distilled.safetensors was made with another config than jobs\[1\]"
+    ):
+        run_batch(changed, copy, resume=True, progress=False)
+    monkeypatch.setattr("memdistill.batch.Distiller", None)  # the saved data are only evaluated
+    assert run_batch(job, copy, resume=True, progress=False)["jobs"] == summary["jobs"]
+
+
+# ---- two gloo processes ----
+
+
+def _two_rank_worker(rank: int, folder: Path) -> None:
+    """Rank ``rank`` of 2: the sharded batch, the data-parallel batch, a data-parallel Distiller."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=2)
+    try:
+        run_batch(folder / "sharded.toml", folder / "sharded", progress=False)
+        run_batch(folder / "parallel.toml", folder / "parallel", progress=False)
+        moons = load_dataset("moons")
+        data = Distiller(
+            [mlp("1-layer"), mlp("2-layer")], steps=3, epochs=1, progress=False, data_parallel=True
+        )
+        data = data.fit(moons.x_train, moons.y_train, outer_epochs=1, batch_size=250)
+        data.save(folder / f"distiller-rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two_ranks")
+    write(folder / "sharded.toml", SHARDED)
+    write(folder / "parallel.toml", DATA_PARALLEL)
+    mp.spawn(_two_rank_worker, args=(folder,), nprocs=2, join=True)
+    return folder
+
+
+def test_two_ranks_shard_jobs_with_the_results_of_one_process(single, two_ranks):
+    job, out, summary = single
+    names = [j.name for j in jobfile.read(job).jobs]
+    assert_same_results(out, two_ranks / "sharded", names)
+    two = json.loads((two_ranks / "sharded" / "summary.json").read_text())
+    assert two["world_size"] == 2 and list(two["jobs"]) == names
+    assert two["configs"] == summary["configs"]
+
+
+def test_data_parallel_batch_and_distiller_equal_one_process(two_ranks, tmp_path):
+    run_batch(write(tmp_path / "parallel.toml", DATA_PARALLEL), tmp_path / "out", progress=False)
+    assert_same_results(
+        tmp_path / "out", two_ranks / "parallel", ["moons-1-layer+2-layer-r0", "moons-1-layer+2-layer-r1"]
+    )
+    moons = load_dataset("moons")
+    alone = Distiller([mlp("1-layer"), mlp("2-layer")], steps=3, epochs=1, progress=False)
+    alone = alone.fit(moons.x_train, moons.y_train, outer_epochs=1, batch_size=250)
+    for rank in range(2):
+        data = DistilledData.load(two_ranks / f"distiller-rank{rank}.safetensors")
+        assert all(torch.equal(getattr(data, f), getattr(alone, f)) for f in ("x", "y", "lrs"))
+        assert data.history == alone.history
+
+
+# ---- SIGKILL at random points, then resume ----
+
+KILLED = (
+    TINY.replace("outer_epochs = 1", "outer_epochs = 2").replace("batch_size = 250", "batch_size = 100") + """
+[[jobs]]
+steps = 10
+epochs = 2
+models = 2
+restarts = 2
+[[jobs]]
+name = "mixed"
+archs = ["1-layer", "2-layer", "4-layer"]
+steps = 10
+epochs = 2
+momentum = 0.9
+method = "reversible"
+[[jobs]]
+name = "single"
+steps = 6
+epochs = 2
+models = 1
+restarts = 2
+batch_restarts = 1
+"""
+)
+
+
+def _checkpoints(out: Path) -> set:
+    """The Distiller checkpoints under ``out``: (path, modification time)."""
+    marks = set()
+    for path in out.glob("*/state.pt"):
+        try:
+            marks.add((str(path), path.stat().st_mtime_ns))
+        except FileNotFoundError:  # removed between glob and stat: its run's data are saved
+            pass
+    return marks
+
+
+def _batch_process(job: Path, out: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "memdistill",
+        "batch",
+        str(job),
+        "--out",
+        str(out),
+        "--resume",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def kill_and_resume(job: Path, out: Path, kills: int, seed: int) -> tuple[int, int]:
+    """Start the batch and SIGKILL it a random time (0–0.5 s) after it wrote a new checkpoint,
+    ``kills`` times; then let it finish. Returns how many kills landed before the batch had
+    finished, and after how many a checkpoint was left to resume from."""
+    rng, landed, with_checkpoint = random.Random(seed), 0, 0
+    for _ in range(kills):
+        marks, process = _checkpoints(out), _batch_process(job, out)
+        while _checkpoints(out) <= marks and process.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.5))
+        landed += process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with_checkpoint += bool(_checkpoints(out))
+    final = _batch_process(job, out)
+    assert final.wait(timeout=600) == 0, final.stderr.read().decode()
+    return landed, with_checkpoint
+
+
+@pytest.mark.parametrize("kills", [3, pytest.param(12, marks=pytest.mark.slow)])
+def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path, kills):
+    job = write(tmp_path / "job.toml", KILLED)
+    names = [j.name for j in jobfile.read(job).jobs]
+    run_batch(job, tmp_path / "reference", progress=False)
+    landed, with_checkpoint = kill_and_resume(job, tmp_path / "killed", kills, seed=kills)
+    assert landed == kills and with_checkpoint >= 1
+    assert_same_results(tmp_path / "reference", tmp_path / "killed", names)
+    assert not list((tmp_path / "killed").rglob("*.tmp")) and not list(
+        (tmp_path / "killed").rglob("state.pt")
+    )
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert list(summary["jobs"]) == names and summary["failed"] == {}
