@@ -116,9 +116,11 @@ def distill(
     *,
     steps: int | None = None,
     epochs: int | None = None,
+    restarts: int | None = None,
     progress: bool = True,
-) -> DistilledData:
-    """One distillation of the training part with the protocol's settings."""
+) -> DistilledData | list[DistilledData]:
+    """One distillation of the training part with the protocol's settings; with ``restarts``
+    R of them batched in one computation (restart r with seed ``seed + r``)."""
     distiller = Distiller(
         list(archs),
         steps=steps or protocol.steps,
@@ -130,10 +132,12 @@ def distill(
         outer_lr=protocol.outer_lr,
         seed=seed,
         progress=progress,
+        restarts=restarts,
     )
-    data = distiller.fit(dataset.x_train, dataset.y_train, protocol.outer_epochs, protocol.batch_size)
-    data.config["data"] = protocol.data
-    return data
+    result = distiller.fit(dataset.x_train, dataset.y_train, protocol.outer_epochs, protocol.batch_size)
+    for data in result if isinstance(result, list) else [result]:
+        data.config["data"] = protocol.data
+    return result
 
 
 def _arch(name: str, dataset: Dataset) -> MLP:
@@ -146,38 +150,39 @@ def sources(protocol: Protocol, dataset: Dataset) -> dict[str, list[MLP]]:
     return {**single, MIXED: [_arch(name, dataset) for name in protocol.archs]}
 
 
-def restart_task(
-    protocol: Protocol, source: str, restart: int, out: Path, progress: bool
-) -> tuple[DistilledData, dict[str, dict[str, list[float]]], dict[str, float]]:
-    """Distil ``source`` once (seed ``protocol.seed + restart``), save it, and test
-    ``eval_inits`` fresh models of every architecture with every strategy.
+def distill_source(protocol: Protocol, source: str, out: Path, progress: bool) -> tuple[list[DistilledData], float]:
+    """All restarts of ``source`` in one batched distillation (restart r: seed ``protocol.seed + r``),
+    saved as ``out/distilled/<source>-r<r>.safetensors``; returns (the data, seconds)."""
+    start, dataset = time.perf_counter(), load_dataset(protocol.data)
+    archs = sources(protocol, dataset)[source]
+    distilled = distill(protocol, dataset, archs, protocol.seed, restarts=protocol.restarts, progress=progress)
+    for restart, data in enumerate(distilled):
+        data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
+    return distilled, time.perf_counter() - start
 
-    Returns:
-      (the distilled data, accuracies[strategy][test arch], seconds per phase).
-    """
-    dataset, clock = load_dataset(protocol.data), Clock()
-    with clock("distill"):
-        data = distill(
-            protocol, dataset, sources(protocol, dataset)[source], protocol.seed + restart, progress=progress
-        )
-    data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
-    with clock("evaluate"):
-        accuracies = {
-            strategy: {
-                name: distilled_accuracies(
-                    data,
-                    dataset,
-                    _arch(name, dataset),
-                    strategy,
-                    inits=protocol.eval_inits,
-                    seed=restart * protocol.eval_inits,
-                    total_epochs=protocol.total_epochs,
-                )
-                for name in protocol.archs
-            }
-            for strategy in STRATEGIES
+
+def evaluate_restart(
+    protocol: Protocol, data: DistilledData, restart: int
+) -> tuple[dict[str, dict[str, list[float]]], float]:
+    """Test ``eval_inits`` fresh models of every architecture with every strategy on one
+    distilled set; returns (accuracies[strategy][test arch], seconds)."""
+    start, dataset = time.perf_counter(), load_dataset(protocol.data)
+    accuracies = {
+        strategy: {
+            name: distilled_accuracies(
+                data,
+                dataset,
+                _arch(name, dataset),
+                strategy,
+                inits=protocol.eval_inits,
+                seed=restart * protocol.eval_inits,
+                total_epochs=protocol.total_epochs,
+            )
+            for name in protocol.archs
         }
-    return data, accuracies, clock.seconds
+        for strategy in STRATEGIES
+    }
+    return accuracies, time.perf_counter() - start
 
 
 def _map(jobs: int, function: Callable, *iterables: Sequence) -> Iterator:
@@ -210,22 +215,28 @@ def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, l
 
 
 def run_restarts(
-    protocol: Protocol, out: Path, tasks: list[tuple[str, int]], jobs: int, bar: tqdm, clock: Clock
+    protocol: Protocol, out: Path, names: list[str], jobs: int, bar: tqdm, clock: Clock
 ) -> tuple[dict[str, list[DistilledData]], dict[str, dict[str, dict[str, list[float]]]]]:
-    """Every (source, restart) task; returns distilled[source] and accuracies[source][strategy][arch]."""
-    distilled: dict[str, list[DistilledData]] = {source: [] for source, _ in tasks}
-    accuracies = {source: {s: {a: [] for a in protocol.archs} for s in STRATEGIES} for source, _ in tasks}
-    bar.set_postfix_str("distil and evaluate")
+    """Distil every source (its restarts batched), then evaluate every (source, restart);
+    returns distilled[source] and accuracies[source][strategy][arch]."""
     inner_bars = not bar.disable and jobs == 1
-    count = len(tasks)
-    outputs = _map(jobs, restart_task, [protocol] * count, *zip(*tasks), [out] * count, [inner_bars] * count)
-    for (source, _), (data, accs, seconds) in zip(tasks, outputs):
-        distilled[source].append(data)
+    distilled: dict[str, list[DistilledData]] = {}
+    bar.set_postfix_str("distil")
+    for source, (data, seconds) in zip(names, _map(jobs, distill_source, [protocol] * len(names), names,
+                                                      [out] * len(names), [inner_bars] * len(names))):
+        distilled[source] = data
+        clock.seconds["distill"] = clock.seconds.get("distill", 0.0) + seconds
+        bar.update(len(data))
+    accuracies = {source: {s: {a: [] for a in protocol.archs} for s in STRATEGIES} for source in names}
+    tasks = [(source, r) for source in names for r in range(protocol.restarts)]
+    bar.set_postfix_str("evaluate")
+    outputs = _map(jobs, evaluate_restart, [protocol] * len(tasks), [distilled[s][r] for s, r in tasks],
+                   [r for _, r in tasks])
+    for (source, _), (accs, seconds) in zip(tasks, outputs):
         for strategy, by_arch in accs.items():
             for name, values in by_arch.items():
                 accuracies[source][strategy][name] += values
-        for phase, value in seconds.items():
-            clock.seconds[phase] = clock.seconds.get(phase, 0.0) + value
+        clock.seconds["evaluate"] = clock.seconds.get("evaluate", 0.0) + seconds
         bar.update()
     return distilled, accuracies
 
@@ -236,8 +247,9 @@ def run(
     """Run the protocol, write results.json, report.md, figures and distilled sets to ``out``.
 
     Args:
-      jobs: distillations run at once in separate processes (1: in this process). The
-        results do not depend on it: every distillation and test model has its own seed.
+      jobs: processes that run distillations (one per source, its restarts batched) and
+        evaluations (one per distilled set) at once (1: in this process). The results do not
+        depend on it: every distillation and test model has its own seed.
 
     Returns:
       The results (the content of results.json); ``timing`` sums the seconds of each phase
@@ -247,13 +259,14 @@ def run(
         raise ValueError(f"reproduce: jobs must be >= 1, got {jobs}")
     start, out, clock = time.perf_counter(), Path(out), Clock()
     dataset = load_dataset(protocol.data)
-    tasks = [(source, r) for source in sources(protocol, dataset) for r in range(protocol.restarts)]
+    names = list(sources(protocol, dataset))
     with tqdm(
-        total=len(protocol.archs) + len(tasks), desc="reproduce", unit="task", disable=not progress
+        total=len(protocol.archs) + 2 * len(names) * protocol.restarts, desc="reproduce", unit="task",
+        disable=not progress,
     ) as bar:
         with clock("baseline"):
             baseline = run_baseline(protocol, dataset, bar)
-        distilled, accuracies = run_restarts(protocol, out, tasks, jobs, bar, clock)
+        distilled, accuracies = run_restarts(protocol, out, names, jobs, bar, clock)
     results: dict[str, Any] = {
         "baseline": {name: summarize(values) for name, values in baseline.items()},
         "table1": {source: _summaries(accuracies[source]) for source in protocol.archs},
