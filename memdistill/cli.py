@@ -1,8 +1,10 @@
-"""The ``memdistill`` command line: ``distill``, ``evaluate`` and ``reproduce``.
+"""The ``memdistill`` command line: ``distill``, ``evaluate``, ``reproduce``, ``profile``, ``batch``.
 
 memdistill distill --data moons --arch 2-layer --steps 40 --epochs 5 --models 3 --out DIR
 memdistill evaluate DIR --test-arch 1-layer,2-layer,4-layer --strategy none,s1,s2,s3
 memdistill reproduce --out DIR [--quick] [--sweeps]
+memdistill profile --n 100,1000,10000 --methods autograd,replay,checkpoint,reversible --out DIR
+memdistill batch JOB.toml --out DIR [--resume]
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from memdistill import reproduce
+from memdistill import profiling, reproduce
 from memdistill._io import write_json_atomic
 from memdistill.architectures import mlp
 from memdistill.batch import process_group, run_batch
@@ -205,7 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="torch threads per process (default torch's; results depend on it)"
     )
     jobs.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    prof = commands.add_parser(
+        "profile",
+        help="peak memory and time of one hypergradient versus n, per method",
+        description="Measure one hypergradient of a 2-W-...-W-1 ReLU MLP per (method, n), each CPU point "
+        "in a fresh process (peak RSS growth; CUDA: max_memory_allocated). A point whose memory, "
+        "extrapolated from the method's last measured point, would not fit is skipped and said so. "
+        "Writes OUT/profile.csv and OUT/profile.png (log-log) and prints a table.",
+    )
+    prof.add_argument("--n", type=_int_list, default=[100, 1000, 10000], help="inner steps (default 100,1000,10000)")
+    prof.add_argument("--methods", type=_comma_list, default=list(METHODS), help=f"default {','.join(METHODS)}")
+    prof.add_argument("--width", type=int, default=256, help="hidden width (default 256)")
+    prof.add_argument("--depth", type=int, default=3, help="hidden layers (default 3: the paper's 4-layer MLP)")
+    prof.add_argument("--momentum", type=float, default=0.9, help="inner momentum, > 0 for reversible (default 0.9)")
+    prof.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    prof.add_argument("--out", required=True, type=Path, help="output directory")
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
 
 
 def _archs(names: Sequence[str], models: int | None, dataset: Dataset) -> list:
@@ -320,7 +349,29 @@ def cmd_batch(args: argparse.Namespace) -> None:
         raise FloatingPointError(f"{len(summary['failed'])} job(s) diverged: {failed}; see summary.md")
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce, "batch": cmd_batch}
+def cmd_profile(args: argparse.Namespace) -> None:
+    """Profile memory and time versus n; write CSV and PNG, print the table."""
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"profile: unknown method(s) {unknown}; expected some of {list(METHODS)}")
+    if "reversible" in args.methods and args.momentum <= 0:
+        raise ValueError("profile: method 'reversible' needs --momentum > 0")
+    args.out.mkdir(parents=True, exist_ok=True)   # fail before measuring, not after
+    points = len(args.n) * len(args.methods)
+    with tqdm(total=points, desc="profile", unit="point") as bar:
+        def seen(row: dict) -> None:
+            bar.set_postfix_str(f"{row['method']} n={row['n']}" + (" skipped" if row["skipped"] else ""))
+            bar.update()
+        rows = profiling.profile(args.n, args.methods, width=args.width, depth=args.depth,
+                                 momentum=args.momentum, device=args.device, on_row=seen)
+    csv_path = profiling.write_csv(rows, args.out / "profile.csv")
+    png_path = profiling.plot_profile(rows, args.out / "profile.png")
+    print(profiling.format_table(rows))
+    print(f"wrote {csv_path} and {png_path}")
+
+
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce, "batch": cmd_batch,
+            "profile": cmd_profile}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         parser.exit(2, f"memdistill {args.command}: error: {error}\n")
     except FloatingPointError as error:
         parser.exit(1, f"memdistill {args.command}: {error}\n")

@@ -165,8 +165,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             lines.append(f"| {r['method']} | {r['n']} | skipped: {r['skipped']} | | | | |")
             continue
         b = base.get(r["n"])
-        mem = f"{r['peak_bytes'] / b['peak_bytes']:.3f}" if b else "–"
-        tim = f"{r['seconds'] / b['seconds']:.2f}x" if b else "–"
+        mem = f"{r['peak_bytes'] / b['peak_bytes']:.3f}" if b and b["peak_bytes"] else "–"
+        tim = f"{r['seconds'] / b['seconds']:.2f}x" if b and b["seconds"] else "–"
         lines.append(f"| {r['method']} | {r['n']} | {r['peak_bytes'] / MiB:.1f} | {mem} | "
                      f"{r['peak_stored_bytes'] / MiB:.1f} | {r['seconds']:.2f} | {tim} |")
     return "\n".join(lines)

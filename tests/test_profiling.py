@@ -33,3 +33,27 @@ def test_fresh_process_measurement_and_plot(tmp_path):
     assert all(r["seconds"] > 0 and r["peak_bytes"] >= 0 for r in rows)
     png = profiling.plot_profile(rows, tmp_path / "profile.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_command_writes_csv_png_and_table(tmp_path, capsys):
+    from memdistill.cli import main
+
+    assert main(["profile", "--n", "40", "--methods", "checkpoint,reversible", "--width", "8", "--depth", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| checkpoint | 40 |" in out and "| reversible | 40 |" in out
+    assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "profile.csv").read_text().splitlines()) == 3
+
+
+def test_profile_command_rejects_bad_arguments(tmp_path):
+    import pytest
+
+    from memdistill.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["profile", "--n", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["profile", "--methods", "adjoint", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["profile", "--momentum", "0", "--methods", "reversible", "--out", str(tmp_path)])
