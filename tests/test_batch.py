@@ -410,9 +410,9 @@ def kill_and_resume(job: Path, out: Path, kills: int, seed: int) -> tuple[int, i
     return landed, with_checkpoint
 
 
-@pytest.mark.parametrize("kills", [3, pytest.param(12, marks=pytest.mark.slow)])
-def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path, kills):
-    job = write(tmp_path / "job.toml", KILLED)
+@pytest.mark.parametrize("kills, outer_epochs", [(3, 2), pytest.param(12, 8, marks=pytest.mark.slow)])
+def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path, kills, outer_epochs):
+    job = write(tmp_path / "job.toml", KILLED.replace("outer_epochs = 2", f"outer_epochs = {outer_epochs}"))
     names = [j.name for j in jobfile.read(job).jobs]
     run_batch(job, tmp_path / "reference", progress=False)
     landed, with_checkpoint = kill_and_resume(job, tmp_path / "killed", kills, seed=kills)
