@@ -91,3 +91,11 @@ def test_batched_sweep_equals_separate_hypergradients(method, momentum):
         assert rel(got.grad_y_syn[:, j], ref.grad_y_syn) <= 1e-9
         assert rel(got.grad_lrs[:, j, 0], ref.grad_lrs) <= 1e-9
         assert rel(got.grad_theta0[j], torch.cat([g.flatten() for g in ref.grad_params.values()])) <= 1e-9
+
+
+def test_auto_takes_the_cpp_step_only_for_narrow_mlps():
+    from memdistill.hypergradient import CPP_MAX_WIDTH, make_step
+
+    narrow, wide = mlp([2, CPP_MAX_WIDTH, 1]), mlp([2, CPP_MAX_WIDTH + 1, 1])
+    assert make_step(narrow, None).name == ("cpp" if extension_available() else "fused")
+    assert make_step(wide, None).name == "fused"
