@@ -322,8 +322,9 @@ def check_table(table: Any, keys: dict[str, Key], path: str) -> tuple[dict[str, 
 
 
 def _default_name(values: dict[str, Any]) -> str:
+    """``"<data>-<arch>+<arch>…"`` (a CSV file's stem as the data), e.g. ``"moons-2-layer"``."""
     data = Path(values.get("data", Config.data)).stem
-    return f"{data}-" + "+".join(dict.fromkeys(values.get("archs", ("2-layer",))))
+    return f"{data}-" + "+".join(dict.fromkeys(values.get("archs", Config.archs)))
 
 
 def _cross_problems(values: dict[str, Any], base: Path, path: str) -> list[str]:
@@ -364,6 +365,8 @@ def _config(
     if merged.get("data", "").endswith(".csv"):
         merged["data"] = str((base / merged["data"]).resolve())
     name = merged.pop("name", None) or _default_name(merged)
+    if _name(name):
+        return None, [f"{path}name: the name made from data and archs, {_name(name)}; give the job a name"]
     return Config(name, index, **merged, evaluate=Evaluation(**{**evaluate, **eval_values})), []
 
 

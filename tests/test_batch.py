@@ -131,12 +131,17 @@ BAD_FILES = [
     ('data_parallel = "yes"\n[[jobs]]\n', "data_parallel: expected true or false, got 'yes' (str)"),
     ("[[jobs]]\n[[jobs]]\n", "jobs[1].name: 'moons-2-layer' is already the name of jobs[0]"),
     ('[[jobs]]\nname = "a/b"\n', "jobs[0].name: must be a folder name"),
+    (
+        '[[jobs]]\ndata = "my data.csv"\nlabel = "y"\n',
+        "jobs[0].name: the name made from data and archs, must",
+    ),
     ("[[jobs]\n", "not valid TOML"),
 ]
 
 
 @pytest.mark.parametrize("text, message", BAD_FILES, ids=[m.split(":")[0] for _, m in BAD_FILES])
 def test_bad_job_file_names_the_key(tmp_path, text, message):
+    write(tmp_path / "my data.csv", "x,y\n")
     with pytest.raises(ValueError) as error:
         jobfile.parse(text, tmp_path / "job.toml")
     assert f"job.toml: {message}" in str(error.value)
