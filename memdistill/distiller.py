@@ -272,7 +272,7 @@ class Distiller:
         lrs = nn.functional.softplus(rho)
         results = [
             DistilledData(x=x_syn[r].detach().cpu().clone(), y=y_final[r].detach().cpu().clone(),
-                          lrs=lrs[r].detach().cpu().clone(), config=config, seed=self.seed + r, history=history[r])
+                          lrs=lrs[r].detach().cpu().clone(), config=dict(config), seed=self.seed + r, history=history[r])
             for r in range(R)
         ]
         return results if self.restarts is not None else results[0]
