@@ -35,10 +35,6 @@ def shape_groups(models: list[nn.Module]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _flat(model: nn.Module) -> Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
 def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                    y_real: Tensor, *, epochs: int, momentum: float = 0.0, method: str = "checkpoint",
                    snapshots: int | None = None) -> Rows:
@@ -57,8 +53,9 @@ def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: T
                 grad_y[i] = hg.grad_y_syn
             continue
         data = Data(x_syn[idx].movedim(0, 1), y_syn[idx].movedim(0, 1), x_real[idx], y_real[idx])
-        theta0 = torch.stack([_flat(models[i]) for i in rows])
-        _, res = sweep(make_step(models[rows[0]], None), data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
+        step = make_step(models[rows[0]], None)
+        theta0 = torch.cat([step.flatten(models[i]) for i in rows])
+        _, res = sweep(step, data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
                        momentum, method, snapshots)
         loss[idx] = res.loss
         grad_x[idx] = res.grad_x_syn.movedim(1, 0)

@@ -62,9 +62,10 @@ class GenericStep:
         self.constants = {k: t.detach().clone() for k, t in
                           [*model.named_parameters(), *model.named_buffers()] if k not in trained}
 
-    def flatten(self) -> Tensor:
-        """θ0 as one row: [1, P], a copy of the model's trainable parameters."""
-        params = dict(self.model.named_parameters())
+    def flatten(self, model: nn.Module | None = None) -> Tensor:
+        """θ0 as one row: [1, P], a copy of the trainable parameters of ``model`` (default: the
+        step's own; another model must have the same parameter names and shapes)."""
+        params = dict((model or self.model).named_parameters())
         return torch.cat([params[k].detach().reshape(-1) for k in self.names]).unsqueeze(0)
 
     def unflatten(self, row: Tensor) -> dict[str, Tensor]:
