@@ -1,7 +1,7 @@
 """Build script. A plain install is pure Python and does not import torch.
 
 With ``MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e .`` it also builds the
-optional extension ``memdistill._C`` (the torch custom ops ``torch.ops.memdistill.*``) from
+optional extension ``memdistill.engine.steps._C`` (the torch custom ops ``torch.ops.memdistill.*``) from
 ``csrc/``: the CPU kernels always, plus ``csrc/cuda/*.cu`` when torch is a CUDA build and its
 CUDA_HOME has nvcc. ``--no-build-isolation`` builds against the installed torch, whose ABI the
 extension must match.
@@ -13,7 +13,7 @@ from setuptools import setup
 
 
 def extension() -> dict:
-    """setup() arguments for memdistill._C, or {} unless MEMDISTILL_BUILD_EXT=1."""
+    """setup() arguments for memdistill.engine.steps._C, or {} unless MEMDISTILL_BUILD_EXT=1."""
     if os.environ.get("MEMDISTILL_BUILD_EXT") != "1":
         return {}
     import torch
@@ -25,7 +25,7 @@ def extension() -> dict:
     if torch.version.cuda and CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
         kind, flags["nvcc"] = CUDAExtension, ["-O3"]
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-    return {"ext_modules": [kind("memdistill._C", sources, extra_compile_args=flags, py_limited_api=True)],
+    return {"ext_modules": [kind("memdistill.engine.steps._C", sources, extra_compile_args=flags, py_limited_api=True)],
             "cmdclass": {"build_ext": BuildExtension}}
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from memdistill.batch import DATA_FILE
-from memdistill.distilled import DistilledData
-from memdistill.jobfile import read
+from memdistill.apps.batch import DATA_FILE
+from memdistill.apps.jobfile import read
+from memdistill.distill.distilled import DistilledData
 
 
 def timed(command: list[str]) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from memdistill.profiling import format_table, profile
+from memdistill.apps.profiling import format_table, profile
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import memdistill as md
-from memdistill.architectures import fresh_model
+from memdistill.models import fresh_model
 
 torch.set_num_threads(1)
 MOONS = md.load_dataset("moons")

@@ -1,4 +1,4 @@
-"""pytest-benchmark: the C++ op step (memdistill._C) vs the pure-PyTorch fused step.
+"""pytest-benchmark: the C++ op step (memdistill.engine.steps._C) vs the pure-PyTorch fused step.
 
 ``pytest bench/test_bench_extension.py``: one value_and_grad / reverse of B paper MLPs
 (2-10-10-10-1, b = 8, float32, class ids, one thread): B = 3 (the models of one distillation,
@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memdistill import ops
-from memdistill.fused import FusedMLPStep
-from memdistill.profiling import mlp_problem
+from memdistill.apps.profiling import mlp_problem
+from memdistill.engine.steps import extension as ops
+from memdistill.engine.steps.fused import FusedMLPStep
 
 torch.set_num_threads(1)
 needs_ext = pytest.mark.skipif(not ops.extension_available(),
-                               reason="memdistill._C not built: MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e .")
+                               reason="memdistill.engine.steps._C not built: MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e .")
 STEPS = {"fused": FusedMLPStep, "cpp": ops.ExtensionMLPStep}
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import memdistill as md
-from memdistill.profiling import mlp_problem
+from memdistill.apps.profiling import mlp_problem
 
 torch.set_num_threads(1)
 METHODS = [("autograd", 0.0), ("replay", 0.0), ("checkpoint", 0.0),

@@ -1,18 +1,13 @@
 """memdistill: exact hypergradients through long unrolled training loops with bounded memory.
 
-The public surface lives here; the implementation is in the submodules.
+The public surface lives here; the implementation is in the subpackages, one layer each:
+``apps`` (CLI, batch jobs, reproduction, profile) → ``distill`` (Algorithm 1) → ``engine``
+(Algorithms 2–3), with ``data`` and ``models`` beside ``distill``. Nothing imports upward.
 """
-from memdistill import schedules
-from memdistill.hypergradient import Hypergradient
-from memdistill.hypergradient import hypergradient
-from memdistill.hypergradient import unrolled_loss
-from memdistill.ops import backend_info
-from memdistill.architectures import mlp
-from memdistill.data import Dataset
-from memdistill.data import load_dataset
-from memdistill.distilled import DistilledData
-from memdistill.distiller import Distiller
-from memdistill.training import train_on
+from memdistill.data import Dataset, load_dataset
+from memdistill.distill import DistilledData, Distiller, train_on
+from memdistill.engine import Hypergradient, backend_info, hypergradient, schedules, unrolled_loss
+from memdistill.models import mlp
 
 __all__ = [
     "Dataset",

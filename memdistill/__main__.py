@@ -2,6 +2,6 @@
 
 import sys
 
-from memdistill.cli import main
+from memdistill.apps.cli import main
 
 sys.exit(main())

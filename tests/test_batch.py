@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from memdistill import jobfile
-from memdistill.architectures import mlp
-from memdistill.batch import DATA_FILE, METRICS_FILE, assign, run_batch
-from memdistill.cli import main
+from memdistill.apps import jobfile
+from memdistill.apps.batch import DATA_FILE, METRICS_FILE, assign, run_batch
+from memdistill.apps.cli import main
 from memdistill.data import load_dataset
-from memdistill.distilled import DistilledData
-from memdistill.distiller import Distiller
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.distiller import Distiller
+from memdistill.models import mlp
 
 torch.set_num_threads(1)
 
@@ -263,7 +263,7 @@ def test_resume_skips_finished_jobs_and_refuses_to_overwrite(single, monkeypatch
     job, out, summary = single
     with pytest.raises(ValueError, match="already holds distilled.safetensors, metrics.json; pass --resume"):
         run_batch(job, out, progress=False)
-    monkeypatch.setattr("memdistill.batch.Distiller", None)  # a finished batch distils nothing
+    monkeypatch.setattr("memdistill.apps.batch.Distiller", None)  # a finished batch distils nothing
     resumed = run_batch(job, out, resume=True, progress=False)
     assert resumed["jobs"] == summary["jobs"]
     changed = write(job.parent / "changed.toml", SHARDED.replace("inits = 2", "inits = 3"))
@@ -280,7 +280,7 @@ def test_resume_evaluates_saved_data_and_refuses_data_of_another_config(single, 
         ValueError, match=r"mixed-r0/distilled.safetensors was made with another config than jobs\[1\]"
     ):
         run_batch(changed, copy, resume=True, progress=False)
-    monkeypatch.setattr("memdistill.batch.Distiller", None)  # the saved data are only evaluated
+    monkeypatch.setattr("memdistill.apps.batch.Distiller", None)  # the saved data are only evaluated
     assert run_batch(job, copy, resume=True, progress=False)["jobs"] == summary["jobs"]
 
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from memdistill.cli import main
-from memdistill.distilled import DistilledData
+from memdistill.apps.cli import main
+from memdistill.distill.distilled import DistilledData
 
 torch.set_num_threads(1)
 ARCHS = ["1-layer", "2-layer", "4-layer"]

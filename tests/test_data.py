@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from memdistill.architectures import fresh_model, mlp
 from memdistill.data import load_dataset, split_dataset
-from memdistill.evaluation import accuracy, bootstrap_ci, median_index, summarize
+from memdistill.distill.evaluation import accuracy, bootstrap_ci, median_index, summarize
+from memdistill.models import fresh_model, mlp
 
 
 def test_moons_is_the_papers_split():

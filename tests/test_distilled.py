@@ -6,7 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from memdistill.distilled import DistilledData
+from memdistill.distill.distilled import DistilledData
 
 
 def make(dtype=torch.float32, soft=False):

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from memdistill.architectures import fresh_model, mlp
 from memdistill.data import load_dataset
-from memdistill.distilled import DistilledData
-from memdistill.distiller import Distiller, balanced_labels, inverse_softplus, soft_label_logits
-from memdistill.evaluation import accuracy, distilled_accuracies
-from memdistill.training import run_inner_loop
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.distiller import Distiller, balanced_labels, inverse_softplus, soft_label_logits
+from memdistill.distill.evaluation import accuracy, distilled_accuracies
+from memdistill.distill.training import run_inner_loop
+from memdistill.models import fresh_model, mlp
 
 torch.set_num_threads(1)
 MOONS = load_dataset("moons")

@@ -6,7 +6,7 @@ import torch
 from conftest import make_problem, rel
 
 import memdistill as md
-from memdistill.ops import extension_available
+from memdistill.engine.steps.extension import extension_available
 
 # method, snapshots, momentum: one shared table of variants drives every exactness check.
 VARIANTS = [

@@ -1,4 +1,4 @@
-"""The C++/CUDA ops of memdistill._C against the pure-PyTorch fused step, opcheck, and the fallback.
+"""The C++/CUDA ops of memdistill.engine.steps._C against the pure-PyTorch fused step, opcheck, and the fallback.
 
 The ops are forward-only (no autograd formula is registered: they return the first and second
 derivatives themselves), so gradcheck does not apply; their derivatives are checked against
@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import mlp, rel
 
-from memdistill import ops
-from memdistill.fused import FusedMLPStep
+from memdistill.engine.steps import extension as ops
+from memdistill.engine.steps.fused import FusedMLPStep
 
 needs_ext = pytest.mark.skipif(not ops.extension_available(),
-                               reason="memdistill._C not built: MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e .")
+                               reason="memdistill.engine.steps._C not built: MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e .")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
 # (sizes, labels, x per model, y per model, B, dtype). B = 9 (float32) and 5 (float64) leave a

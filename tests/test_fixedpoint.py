@@ -8,8 +8,8 @@ import torch
 from conftest import make_problem
 
 import memdistill as md
-from memdistill.fixedpoint import BitStack, ExactSGD, rational_momentum
-from memdistill.steps import GenericStep
+from memdistill.engine.fixedpoint import BitStack, ExactSGD, rational_momentum
+from memdistill.engine.steps.generic import GenericStep
 
 
 def test_bitstack_pops_exactly_what_was_pushed():

@@ -7,9 +7,9 @@ from conftest import MODELS, make_problem, mlp, rel
 from torch import nn
 
 import memdistill as md
-from memdistill.fused import FusedMLPStep, is_plain_mlp
-from memdistill.ops import extension_available
-from memdistill.steps import GenericStep
+from memdistill.engine.steps.extension import extension_available
+from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp
+from memdistill.engine.steps.generic import GenericStep
 
 
 def batch(model: str, labels: str, per_model: bool, B: int = 3):
@@ -76,8 +76,8 @@ def test_fused_is_chosen_automatically_and_can_be_refused():
 @pytest.mark.parametrize("method, momentum", [("replay", 0.0), ("checkpoint", 0.9), ("reversible", 0.9)])
 def test_batched_sweep_equals_separate_hypergradients(method, momentum):
     """B models, each with its own synthetic data, learning rates and real batch, in one sweep."""
-    from memdistill.engine import Data
-    from memdistill.hypergradient import sweep
+    from memdistill.engine.hypergradient import sweep
+    from memdistill.engine.loop import Data
 
     probs = [make_problem("mlp-3class", labels="soft", s=3, epochs=3, seed=j) for j in range(4)]
     step = FusedMLPStep(probs[0].model)
@@ -94,7 +94,7 @@ def test_batched_sweep_equals_separate_hypergradients(method, momentum):
 
 
 def test_auto_takes_the_cpp_step_only_for_narrow_mlps():
-    from memdistill.hypergradient import CPP_MAX_WIDTH, make_step
+    from memdistill.engine.hypergradient import CPP_MAX_WIDTH, make_step
 
     narrow, wide = mlp([2, CPP_MAX_WIDTH, 1]), mlp([2, CPP_MAX_WIDTH + 1, 1])
     assert make_step(narrow, None).name == ("cpp" if extension_available() else "fused")

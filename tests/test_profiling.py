@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 
-from memdistill import profiling
+from memdistill.apps import profiling
 
 
 def test_profile_measures_then_skips_what_would_not_fit(monkeypatch, tmp_path):
@@ -36,7 +36,7 @@ def test_fresh_process_measurement_and_plot(tmp_path):
 
 
 def test_profile_command_writes_csv_png_and_table(tmp_path, capsys):
-    from memdistill.cli import main
+    from memdistill.apps.cli import main
 
     assert main(["profile", "--n", "40", "--methods", "checkpoint,reversible", "--width", "8", "--depth", "1",
                  "--out", str(tmp_path)]) == 0
@@ -49,7 +49,7 @@ def test_profile_command_writes_csv_png_and_table(tmp_path, capsys):
 def test_profile_command_rejects_bad_arguments(tmp_path):
     import pytest
 
-    from memdistill.cli import main
+    from memdistill.apps.cli import main
 
     with pytest.raises(SystemExit):
         main(["profile", "--n", "0", "--out", str(tmp_path)])

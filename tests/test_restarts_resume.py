@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from memdistill.architectures import mlp
-from memdistill.batching import hypergradients, shape_groups
 from memdistill.data import load_dataset
-from memdistill.distiller import Distiller
-from memdistill.hypergradient import hypergradient
+from memdistill.distill.batching import hypergradients, shape_groups
+from memdistill.distill.distiller import Distiller
+from memdistill.engine.hypergradient import hypergradient
+from memdistill.models import mlp
 
 torch.set_num_threads(1)
 MOONS = load_dataset("moons")

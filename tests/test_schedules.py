@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
-from memdistill.schedules import Action, Op, binomial, binomial_cost, periodic, reversible, simulate, store_all
+from memdistill.engine.schedules import Action, Op, binomial, binomial_cost, periodic, reversible, simulate, store_all
 
 CODE = {Op.ADVANCE: "A", Op.STORE: "S", Op.RESTORE: "L", Op.FREE: "F", Op.RETREAT: "B", Op.REVERSE: "R"}
 
@@ -16,7 +16,7 @@ def fmt(actions: list[Action]) -> str:
     return " ".join(f"{CODE[a.op]}{a.k}" for a in actions)
 
 
-@lru_cache(maxsize=None)
+@cache
 def brute_force(length: int, slots: int) -> float:
     """Fewest forward steps over every split of every segment (the recursion revolve optimises)."""
     if length == 1:

@@ -3,10 +3,8 @@
 import pytest
 import torch
 
-from memdistill.architectures import fresh_model, mlp
-from memdistill.distilled import DistilledData
-from memdistill.steps import default_loss
-from memdistill.training import (
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.training import (
     run_inner_loop,
     schedule,
     strategy1_lrs,
@@ -14,6 +12,8 @@ from memdistill.training import (
     strategy3_lrs,
     train_on,
 )
+from memdistill.engine.steps.generic import default_loss
+from memdistill.models import fresh_model, mlp
 
 LEARNED = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=torch.float64)  # s = 2, e = 3
 

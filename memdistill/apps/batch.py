@@ -1,6 +1,6 @@
 """``memdistill batch``: the jobs of a job file, sharded over torch.distributed ranks, resumable.
 
-The unit of work is a *run* (:class:`memdistill.jobfile.Run`): some restarts of one config
+The unit of work is a *run* (:class:`memdistill.apps.jobfile.Run`): some restarts of one config
 distilled together by one :class:`memdistill.Distiller` (``restarts=R``). Two modes:
 
 - **sharding** (default): the runs are dealt to the ranks by :func:`assign` (longest first,
@@ -42,16 +42,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from memdistill import figures
-from memdistill._io import write_json_atomic, write_text_atomic
-from memdistill.architectures import mlp
+from memdistill.apps import figures
+from memdistill.apps.jobfile import Evaluation, Job, JobFile, Run, read
+from memdistill.apps.report import markdown_table, strategy_table
+from memdistill.atomic import write_json_atomic, write_text_atomic
 from memdistill.data import Dataset, load_dataset
-from memdistill.distilled import DistilledData
-from memdistill.distiller import Distiller
-from memdistill.evaluation import distilled_accuracies
-from memdistill.jobfile import Evaluation, Job, JobFile, Run, read
-from memdistill.report import markdown_table, strategy_table
-from memdistill.reproduce import _summaries
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.distiller import Distiller
+from memdistill.distill.evaluation import distilled_accuracies, summarize_table
+from memdistill.models import mlp
 
 DATA_FILE = "distilled.safetensors"
 METRICS_FILE = "metrics.json"
@@ -301,7 +300,7 @@ def finish_job(
         "seed": job.seed,
         "config": job.config.record(),
         "final_loss": data.history[-1],
-        "accuracy": _summaries(accuracies),
+        "accuracy": summarize_table(accuracies),
         "accuracies": accuracies,
         "figures": names,
         "seconds": {"distil": distil_seconds, "evaluate": time.perf_counter() - start},
@@ -405,7 +404,7 @@ def summarise(
                 s: {a: [v for m in done for v in m["accuracies"][s][a]] for a in done[0]["accuracies"][s]}
                 for s in done[0]["accuracies"]
             }
-            configs[config.name] = {"jobs": [m["job"] for m in done], "accuracy": _summaries(pooled)}
+            configs[config.name] = {"jobs": [m["job"] for m in done], "accuracy": summarize_table(pooled)}
     jobs = {
         job.name: {key: by_name[job.name][key] for key in ("seed", "final_loss", "accuracy")}
         for job in job_file.jobs
@@ -479,7 +478,7 @@ def run_batch(
     sharded over the ranks, or every run is shared by all of them with ``data_parallel``.
 
     Args:
-      job_file: a :class:`memdistill.jobfile.JobFile` or the path of a TOML job file.
+      job_file: a :class:`memdistill.apps.jobfile.JobFile` or the path of a TOML job file.
       out: the output folder.
       resume: continue a killed batch in ``out``: finished jobs are skipped, the others
         continue from their checkpoints.

@@ -2,7 +2,7 @@
 real batch (restarts × internal models of Algorithm 1).
 
 Plain ReLU MLPs of one shape go through one batched engine sweep (the fused or C++ step with
-B = their number); any other module runs :func:`memdistill.hypergradient` on its own. Row i of
+B = their number); any other module runs :func:`memdistill.engine.hypergradient` on its own. Row i of
 the result belongs to ``models[i]`` whatever the grouping.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memdistill.engine import Data
-from memdistill.fused import is_plain_mlp, mlp_layers
-from memdistill.hypergradient import hypergradient, make_step, sweep
+from memdistill.engine.hypergradient import hypergradient, make_step, sweep
+from memdistill.engine.loop import Data
+from memdistill.engine.steps.fused import is_plain_mlp, mlp_layers
 
 __all__ = ["Rows", "hypergradients", "shape_groups"]
 

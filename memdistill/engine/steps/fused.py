@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memdistill.steps import GenericStep
+from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["FusedMLPStep", "is_plain_mlp", "mlp_layers"]
 

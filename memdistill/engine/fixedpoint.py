@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from memdistill.dynamics import Gradient, State
+from memdistill.engine.dynamics import Gradient, State
 
 __all__ = ["BitStack", "ExactSGD", "FixedState", "rational_momentum"]
 

@@ -5,7 +5,7 @@ optionally, soft labels ỹ. Every outer step t:
 
 1. takes the next real minibatch (x, y) (a fresh permutation of the data every outer epoch);
 2. draws a fresh Xavier θ0^(j) for each of the m internal models ``archs[j]``;
-3. computes L_j and its exact hypergradient with :func:`memdistill.hypergradient` (n = s·e
+3. computes L_j and its exact hypergradient with :func:`memdistill.engine.hypergradient` (n = s·e
    inner SGD steps, step k on x̃[k mod s]);
 4. takes one Adam step on (x̃, ρ[, ỹ's logits]) along ∇ of L = (1/m) Σ_j L_j.
 
@@ -27,11 +27,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from memdistill.architectures import fresh_model
-from memdistill.batching import Rows, hypergradients
-from memdistill.distilled import DistilledData
-from memdistill.resume import data_hash, load_state, save_state
-from memdistill.validation import METHODS
+from memdistill.distill.batching import Rows, hypergradients
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.resume import data_hash, load_state, save_state
+from memdistill.engine.validation import METHODS
+from memdistill.models import fresh_model
 
 LABEL_INIT = 0.9
 
@@ -183,7 +183,7 @@ class Distiller:
         """Distil (X, y) into s·b synthetic objects and s·e learning rates.
 
         Args:
-          X: real inputs [N, *in_shape] (standardised features: see :mod:`memdistill.data`).
+          X: real inputs [N, *in_shape] (standardised features: see :mod:`memdistill.data.tabular`).
           y: int class ids [N] in 0 … C−1, C ≥ 2.
           outer_epochs: passes over the real data; the outer loop runs
             outer_epochs · ⌈N / batch_size⌉ steps (the last batch of an epoch may be smaller).

@@ -14,12 +14,13 @@ With γ = 0 the velocity is the gradient and dv stays 0: w = −η_k dθ, the pl
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from memdistill.steps import GenericStep
+from memdistill.engine.steps.generic import GenericStep
 
 Gradient = Callable[[Tensor, int], Tensor]  # (θ_k [B, P], k) -> g_k [B, P]
 

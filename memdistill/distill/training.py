@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from memdistill.architectures import fresh_model
-from memdistill.distilled import DistilledData
-from memdistill.steps import default_loss
+from memdistill.distill.distilled import DistilledData
+from memdistill.engine.steps.generic import default_loss
+from memdistill.models import fresh_model
 
 STRATEGIES = ("none", "s1", "s2", "s3")
 
@@ -130,7 +130,7 @@ def run_inner_loop(
     """Train ``model`` in place: step k uses batch ``x[k % s], y[k % s]`` and rate ``lrs[k]``.
 
     Update (torch.optim.SGD convention): ``v ← γ v + ∇θ l(x_k, θ)``, ``θ ← θ − η_k v``,
-    ``v_0 = 0``; l is :func:`memdistill.steps.default_loss`.
+    ``v_0 = 0``; l is :func:`memdistill.engine.steps.generic.default_loss`.
 
     Args:
       model: the network; its parameters are updated.

@@ -215,31 +215,30 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
     forward = peak = 0
     order: list[int] = []
     for i, (op, k) in enumerate(actions):
-        def fail(why: str) -> ValueError:
-            return ValueError(f"schedule action {i} ({op.value} {k}): {why}")
+        where = f"schedule action {i} ({op.value} {k})"
         if op in (Op.ADVANCE, Op.STORE, Op.REVERSE) and current != k:
-            raise fail(f"current state is at {current}")
+            raise ValueError(f"{where}: current state is at {current}")
         if op is Op.ADVANCE:
             current, forward = k + 1, forward + 1
         elif op is Op.RETREAT:
             if current != k + 1:
-                raise fail(f"current state is at {current}")
+                raise ValueError(f"{where}: current state is at {current}")
             current, forward = k, forward + 1
         elif op is Op.STORE:
             stored.add(k)
             peak = max(peak, len(stored))
         elif op is Op.RESTORE:
             if k not in stored:
-                raise fail("no state is stored there")
+                raise ValueError(f"{where}: no state is stored there")
             current = k
         elif op is Op.FREE:
             if k not in stored:
-                raise fail("no state is stored there")
+                raise ValueError(f"{where}: no state is stored there")
             stored.remove(k)
         elif op is Op.REVERSE:
             expected = n - len(order)
             if k != expected:
-                raise fail(f"expected reverse step {expected}")
+                raise ValueError(f"{where}: expected reverse step {expected}")
             order.append(k)
     if len(order) != n + 1:
         raise ValueError(f"schedule reverses {len(order)} steps, expected {n + 1}")

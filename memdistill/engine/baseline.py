@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from memdistill.engine import Data, Sweep
-from memdistill.steps import GenericStep
+from memdistill.engine.loop import Data, Sweep
+from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["autograd_unroll"]
 

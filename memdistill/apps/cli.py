@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from memdistill import profiling, reproduce
-from memdistill._io import write_json_atomic
-from memdistill.architectures import mlp
-from memdistill.batch import process_group, run_batch
+from memdistill.apps import profiling, reproduce
+from memdistill.apps.batch import process_group, run_batch
+from memdistill.apps.report import baseline_table, markdown_table, strategy_table
+from memdistill.atomic import write_json_atomic
 from memdistill.data import Dataset, load_dataset
-from memdistill.distilled import DistilledData
-from memdistill.distiller import Distiller
-from memdistill.evaluation import baseline_accuracies, distilled_accuracies, summarize
-from memdistill.report import baseline_table, markdown_table, strategy_table
-from memdistill.training import STRATEGIES
-from memdistill.validation import METHODS
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.distiller import Distiller
+from memdistill.distill.evaluation import baseline_accuracies, distilled_accuracies, summarize
+from memdistill.distill.training import STRATEGIES
+from memdistill.engine.validation import METHODS
+from memdistill.models import mlp
 
 DATA_FILE = "distilled.safetensors"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -33,17 +33,18 @@ import dataclasses
 import difflib
 import math
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memdistill.architectures import mlp
+import tomllib
+
+from memdistill.apps.reproduce import Protocol
 from memdistill.data import BUNDLED, SYNTHETIC
-from memdistill.reproduce import Protocol
-from memdistill.training import STRATEGIES
-from memdistill.validation import METHODS
+from memdistill.distill.training import STRATEGIES
+from memdistill.engine.validation import METHODS
+from memdistill.models import mlp
 
 DTYPES = ("float32", "float64")
 PAPER = Protocol()
@@ -53,7 +54,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 @dataclass(frozen=True)
 class Evaluation:
     """How each distilled set is tested: ``inits`` fresh models (seeds ``seed``, ``seed + 1``, …)
-    of every test architecture, trained with every strategy (see :mod:`memdistill.training`);
+    of every test architecture, trained with every strategy (see :mod:`memdistill.distill.training`);
     ``figures``: also draw the job's PNG figures (about 1.5 s per job)."""
 
     test_archs: tuple[str, ...] = PAPER.archs

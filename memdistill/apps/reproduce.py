@@ -4,7 +4,7 @@ behind ``sweeps``).
 Protocol, with the paper's settings as the defaults of :class:`Protocol`:
 
 1. full-data baseline: ``baseline_inits`` models per architecture (see
-   :mod:`memdistill.evaluation` for the optimiser);
+   :mod:`memdistill.distill.evaluation` for the optimiser);
 2. Table 1: for each architecture A, ``restarts`` distillations with m = ``models`` copies of A;
    each distilled set trains ``eval_inits`` fresh models of every test architecture with every
    strategy (none, s1, s2, s3);
@@ -30,21 +30,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from memdistill import figures
-from memdistill._io import write_json_atomic, write_text_atomic
-from memdistill.architectures import MLP, mlp
+from memdistill.apps import figures
+from memdistill.apps.report import render_report
+from memdistill.atomic import write_json_atomic, write_text_atomic
 from memdistill.data import Dataset, load_dataset
-from memdistill.distilled import DistilledData
-from memdistill.distiller import Distiller
-from memdistill.evaluation import (
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.distiller import Distiller
+from memdistill.distill.evaluation import (
     baseline_accuracies,
     distilled_accuracies,
     median_index,
     summarize,
+    summarize_table,
     train_full,
 )
-from memdistill.report import render_report
-from memdistill.training import STRATEGIES, train_on
+from memdistill.distill.training import STRATEGIES, train_on
+from memdistill.models import MLP, mlp
 
 MIXED = "mixed"
 
@@ -269,8 +270,8 @@ def run(
         distilled, accuracies = run_restarts(protocol, out, names, jobs, bar, clock)
     results: dict[str, Any] = {
         "baseline": {name: summarize(values) for name, values in baseline.items()},
-        "table1": {source: _summaries(accuracies[source]) for source in protocol.archs},
-        "table2": _summaries(accuracies[MIXED]),
+        "table1": {source: summarize_table(accuracies[source]) for source in protocol.archs},
+        "table2": summarize_table(accuracies[MIXED]),
         "config": {**dataclasses.asdict(protocol), "jobs": jobs},
     }
     if sweeps:
@@ -284,12 +285,6 @@ def run(
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "report.md", render_report(results, names))
     return results
-
-
-def _summaries(by_strategy: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    return {
-        s: {name: summarize(values) for name, values in by_arch.items()} for s, by_arch in by_strategy.items()
-    }
 
 
 def run_sweeps(

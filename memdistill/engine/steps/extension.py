@@ -1,6 +1,6 @@
 """The fused MLP step as torch custom ops (optional C++/CUDA extension), with a Python fallback.
 
-``memdistill._C`` is built only on request (``MEMDISTILL_BUILD_EXT=1 pip install
+``memdistill.engine.steps._C`` is built only on request (``MEMDISTILL_BUILD_EXT=1 pip install
 --no-build-isolation -e .``). Importing it registers, with CPU kernels (csrc/mlp_step.cpp) and,
 in a CUDA build, CUDA kernels (csrc/cuda/mlp_step.cu)::
 
@@ -8,7 +8,7 @@ in a CUDA build, CUDA kernels (csrc/cuda/mlp_step.cu)::
     memdistill::mlp_reverse(Tensor theta, Tensor x, Tensor y, Tensor w, int[] sizes)
         -> (Tensor, Tensor, Tensor, Tensor)
 
-with sizes = [in, h1, …, out] and the contract of :class:`memdistill.fused.FusedMLPStep`:
+with sizes = [in, h1, …, out] and the contract of :class:`memdistill.engine.steps.fused.FusedMLPStep`:
 θ [B, P], x [b, in] or [B, b, in], y class ids or float targets; value_and_grad returns
 (the B losses l_j [B], g [B, P]) and reverse (g, Hw [B, P], dx (shape of x), dy (shape of y, or an
 empty [0] tensor for class ids)). Without the extension, the wrappers below compute the same
@@ -24,22 +24,22 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from memdistill.fused import FusedMLPStep
+from memdistill.engine.steps.fused import FusedMLPStep
 
 __all__ = ["ExtensionMLPStep", "backend_info", "extension_available", "mlp_reverse", "mlp_value_and_grad"]
 
 _BUILD_HINT = "build it with MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e ."
 
 try:
-    import memdistill._C as _C  # registers torch.ops.memdistill.*
+    import memdistill.engine.steps._C as _C  # registers torch.ops.memdistill.*
 except ImportError as error:
-    _C, _REASON = None, f"memdistill._C not importable ({type(error).__name__}: {error}); {_BUILD_HINT}"
+    _C, _REASON = None, f"memdistill.engine.steps._C not importable ({type(error).__name__}: {error}); {_BUILD_HINT}"
 else:
-    _REASON = f"memdistill._C loaded from {_C.__file__} (built with MEMDISTILL_BUILD_EXT=1)"
+    _REASON = f"memdistill.engine.steps._C loaded from {_C.__file__} (built with MEMDISTILL_BUILD_EXT=1)"
 
 
 def extension_available() -> bool:
-    """True when memdistill._C is loaded and torch.ops.memdistill.* run its kernels."""
+    """True when memdistill.engine.steps._C is loaded and torch.ops.memdistill.* run its kernels."""
     return _C is not None
 
 
@@ -66,7 +66,7 @@ if extension_available():
         return torch.empty_like(theta), torch.empty_like(theta), torch.empty_like(x), dy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _python_step(sizes: tuple[int, ...]) -> FusedMLPStep:
     """The pure-PyTorch step for MLP sizes [in, h1, …, out] (a meta-device model: shapes only)."""
     layers: list[nn.Module] = []
@@ -92,7 +92,7 @@ def mlp_reverse(theta: Tensor, x: Tensor, y: Tensor, w: Tensor,
 
 
 class ExtensionMLPStep(FusedMLPStep):
-    """FusedMLPStep whose value_and_grad and reverse run the C++/CUDA ops of memdistill._C."""
+    """FusedMLPStep whose value_and_grad and reverse run the C++/CUDA ops of memdistill.engine.steps._C."""
 
     name = "cpp"
 

@@ -1,4 +1,4 @@
-"""Argument checks for :func:`memdistill.hypergradient`: every error names the argument and
+"""Argument checks for :func:`memdistill.engine.hypergradient`: every error names the argument and
 what was expected, before any work starts."""
 from __future__ import annotations
 

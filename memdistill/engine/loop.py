@@ -1,9 +1,9 @@
 """One engine loop for every memory method: it executes a schedule's actions with a dynamics
 (float SGD or exact fixed-point SGD) and a Step, accumulating the hypergradients.
 
-The schedule decides what is kept (pure data, :mod:`memdistill.schedules`), the dynamics how a
-state moves (:mod:`memdistill.dynamics`, :mod:`memdistill.fixedpoint`), the Step the math of
-one inner step (:mod:`memdistill.steps`); none of them knows the others.
+The schedule decides what is kept (pure data, :mod:`memdistill.engine.schedules`), the dynamics how a
+state moves (:mod:`memdistill.engine.dynamics`, :mod:`memdistill.engine.fixedpoint`), the Step the math of
+one inner step (:mod:`memdistill.engine.steps.generic`); none of them knows the others.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from memdistill.dynamics import Adjoint, State, reverse_step, state_bytes
-from memdistill.schedules import Action, Op
-from memdistill.steps import GenericStep
+from memdistill.engine.dynamics import Adjoint, State, reverse_step, state_bytes
+from memdistill.engine.schedules import Action, Op
+from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["Data", "Dynamics", "Sweep", "run"]
 

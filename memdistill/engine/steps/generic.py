@@ -11,7 +11,7 @@ flattened parameters are the rows of ``theta`` [B, P] and one batch (x [b, *in],
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -59,7 +59,7 @@ def _peak_memory(device: str) -> int:
 def measure(method: str, n: int, width: int = 256, depth: int = 3, momentum: float = 0.9,
             snapshots: int | None = None, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
     """One hypergradient with n inner steps: s = gcd(n, 40) synthetic batches, n / s epochs."""
-    from memdistill.hypergradient import hypergradient
+    from memdistill.engine.hypergradient import hypergradient
 
     torch.set_num_threads(threads)
     steps = math.gcd(n, 40)
@@ -123,7 +123,7 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """The rows as CSV (columns FIELDS), written atomically."""
-    from memdistill._io import write_text_atomic
+    from memdistill.atomic import write_text_atomic
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, FIELDS, extrasaction="ignore")
@@ -138,7 +138,7 @@ def plot_profile(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from memdistill.figures import save_png
+    from memdistill.apps.figures import save_png
 
     figure = Figure(figsize=(10, 4))
     memory, seconds = figure.subplots(1, 2)

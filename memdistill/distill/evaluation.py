@@ -9,17 +9,17 @@ optimiser it used; this choice gives two moons test accuracies near 0.89 (1-laye
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from memdistill.architectures import fresh_model
 from memdistill.data import Dataset
-from memdistill.distilled import DistilledData
-from memdistill.steps import default_loss
-from memdistill.training import train_on
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.training import train_on
+from memdistill.engine.steps.generic import default_loss
+from memdistill.models import fresh_model
 
 Summary = dict[str, float | list[float]]
 
@@ -58,6 +58,13 @@ def summarize(values: Sequence[float], *, seed: int = 0) -> Summary:
         "ci95": bootstrap_ci(data, seed=seed),
         "n": int(data.size),
     }
+
+
+def summarize_table(
+    by_strategy: Mapping[str, Mapping[str, Sequence[float]]],
+) -> dict[str, dict[str, Summary]]:
+    """:func:`summarize` of every cell of a ``{strategy: {arch: accuracies}}`` table."""
+    return {s: {name: summarize(values) for name, values in by_arch.items()} for s, by_arch in by_strategy.items()}
 
 
 def median_index(values: Sequence[float]) -> int:

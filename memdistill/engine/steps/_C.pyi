@@ -1,4 +1,4 @@
-"""memdistill._C: the optional compiled extension (csrc/), built with MEMDISTILL_BUILD_EXT=1.
+"""memdistill.engine.steps._C: the optional compiled extension (csrc/), built with MEMDISTILL_BUILD_EXT=1.
 
 It has no Python attributes: importing it registers the torch custom ops (CPU kernels, and CUDA
 kernels in a CUDA build)::

@@ -8,15 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from memdistill import schedules
-from memdistill.baseline import autograd_unroll
-from memdistill.dynamics import SGD
-from memdistill.engine import Data, Sweep, run
-from memdistill.fixedpoint import ExactSGD
-from memdistill.fused import FusedMLPStep, is_plain_mlp, mlp_layers
-from memdistill.ops import ExtensionMLPStep, backend_info
-from memdistill.steps import GenericStep, LossFn
-from memdistill.validation import check_inputs, check_labels
+from memdistill.engine import schedules
+from memdistill.engine.baseline import autograd_unroll
+from memdistill.engine.dynamics import SGD
+from memdistill.engine.fixedpoint import ExactSGD
+from memdistill.engine.loop import Data, Sweep, run
+from memdistill.engine.steps.extension import ExtensionMLPStep, backend_info
+from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp, mlp_layers
+from memdistill.engine.steps.generic import GenericStep, LossFn
+from memdistill.engine.validation import check_inputs, check_labels
 
 __all__ = ["Hypergradient", "hypergradient", "make_step", "sweep", "unrolled_loss"]
 
@@ -52,7 +52,7 @@ CPP_MAX_WIDTH = 32
 def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto") -> GenericStep:
     """The Step for ``model``.
 
-    "auto": for a plain ReLU MLP with the default loss the C++ op ("cpp") when memdistill._C
+    "auto": for a plain ReLU MLP with the default loss the C++ op ("cpp") when memdistill.engine.steps._C
     has a kernel for the model's device and no layer is wider than CPP_MAX_WIDTH, else the
     pure-PyTorch fused step ("fused"); for any other module "generic". "generic", "fused" and "cpp" force one (an error if it cannot run).
     """
@@ -80,7 +80,7 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
     θ0 [B, P]. With the generic step the data are shared by the B models (the layout of
     :func:`hypergradient`); the fused step also takes one batch per model: x_syn [s, B, b, in],
     y_syn [s, B, b(, C)], x_real [B, N, in], y_real [B, N(, C)], and lrs [n] shared or
-    [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.Sweep`)
+    [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.loop.Sweep`)
     whose gradients have the shapes of the inputs (of the summed losses) and whose loss holds
     the B models' outer losses [B].
     """
@@ -127,7 +127,7 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
         cross-entropy (soft-label cross-entropy for float [.., C] targets).
       frac_bits: fractional bits of the fixed-point trajectory ("reversible" only).
       step: "auto" (for a plain ReLU MLP with the default loss the analytic fused step, as the
-        C++ op "cpp" when memdistill._C is built, else "fused" in PyTorch; for any other model
+        C++ op "cpp" when memdistill.engine.steps._C is built, else "fused" in PyTorch; for any other model
         "generic", autograd), or one of "generic", "fused", "cpp". method="autograd" always
         runs generic.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from memdistill._io import write_bytes_atomic
+from memdistill.atomic import write_bytes_atomic
 
 __all__ = ["data_hash", "save_state", "load_state"]
 

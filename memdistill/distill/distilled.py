@@ -15,7 +15,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from memdistill._io import write_bytes_atomic
+from memdistill.atomic import write_bytes_atomic
 
 FORMAT = "memdistill.DistilledData/1"
 

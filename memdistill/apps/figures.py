@@ -15,10 +15,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from memdistill._io import write_bytes_atomic
+from memdistill.atomic import write_bytes_atomic
 from memdistill.data import Dataset
-from memdistill.distilled import DistilledData
-from memdistill.evaluation import predict
+from memdistill.distill.distilled import DistilledData
+from memdistill.distill.evaluation import predict
 
 CMAP = "coolwarm"
 
