@@ -401,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_reverse_cpu(const
 }  // namespace
 
 TORCH_LIBRARY(memdistill, m) {
-  m.set_python_module("memdistill.ops");  // where the fake (meta) kernels live
+  m.set_python_module("memdistill.engine.steps.extension");  // where the fake (meta) kernels live
   m.def("mlp_value_and_grad(Tensor theta, Tensor x, Tensor y, int[] sizes) -> (Tensor, Tensor)");
   m.def("mlp_reverse(Tensor theta, Tensor x, Tensor y, Tensor w, int[] sizes) -> (Tensor, Tensor, Tensor, Tensor)");
 }
@@ -420,7 +420,7 @@ TORCH_LIBRARY_IMPL(memdistill, CPU, m) {
 
 }  // namespace memdistill
 
-// `import memdistill._C` loads this library, whose static initialisers register the ops above.
+// `import memdistill.engine.steps._C` loads this library, whose static initialisers register the ops above.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "memdistill custom ops (torch.ops.memdistill)", -1,
                                nullptr};
