@@ -7,8 +7,9 @@ import torch
 
 from memdistill.data import load_dataset
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.distiller import Distiller, balanced_labels, inverse_softplus, soft_label_logits
+from memdistill.distill.distiller import Distiller
 from memdistill.distill.evaluation import accuracy, distilled_accuracies
+from memdistill.distill.outer import balanced_labels, inverse_softplus, soft_label_logits
 from memdistill.distill.training import run_inner_loop
 from memdistill.models import fresh_model, mlp
 

@@ -29,40 +29,10 @@ from tqdm.auto import tqdm
 
 from memdistill.distill.batching import Rows, hypergradients
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.resume import data_hash, load_state, save_state
+from memdistill.distill.outer import OuterState, balanced_labels
+from memdistill.distill.resume import data_hash
 from memdistill.engine.validation import METHODS
 from memdistill.models import fresh_model
-
-LABEL_INIT = 0.9
-
-
-def balanced_labels(steps: int, per_class: int, classes: int) -> torch.Tensor:
-    """int64 [steps, per_class · classes]: each row is ``[0]*per_class + [1]*per_class + …``."""
-    return torch.arange(classes).repeat_interleave(per_class).repeat(steps, 1)
-
-
-def inverse_softplus(value: float) -> float:
-    """ρ with softplus(ρ) = log(1 + e^ρ) = value (> 0)."""
-    return value + math.log(-math.expm1(-value))
-
-
-def soft_label_logits(labels: torch.Tensor, outputs: int, dtype: torch.dtype) -> torch.Tensor:
-    """Free logits u of soft labels giving probability 0.9 to each object's class.
-
-    One output: u [s, b] with sigmoid(u) = 0.9 for class 1 and 0.1 for class 0.
-    C outputs: u [s, b, C] = log p with p = 0.9 at the class, 0.1/(C−1) elsewhere.
-    """
-    if outputs == 1:
-        logit = math.log(LABEL_INIT / (1 - LABEL_INIT))
-        return (2 * labels.to(dtype) - 1) * logit
-    other = (1 - LABEL_INIT) / (outputs - 1)
-    onehot = nn.functional.one_hot(labels, outputs).to(dtype)
-    return torch.log(onehot * LABEL_INIT + (1 - onehot) * other)
-
-
-def soft_labels_from_logits(logits: torch.Tensor, outputs: int) -> torch.Tensor:
-    """sigmoid(u) for one output, softmax(u) over the last axis for C outputs."""
-    return torch.sigmoid(logits) if outputs == 1 else torch.softmax(logits, dim=-1)
 
 
 class Distiller:
@@ -208,90 +178,48 @@ class Distiller:
         if not isinstance(save_every, int) or save_every < 1:
             raise ValueError(f"Distiller.fit: save_every must be an int >= 1, got {save_every!r}")
         classes = int(y.max()) + 1
-        outputs = self._outputs(X, classes)
-        R = self.restarts or 1
-        generators = [torch.Generator().manual_seed(self.seed + r) for r in range(R)]
-        labels = balanced_labels(self.steps, self.per_class, classes).to(self.device)
-        shape = (self.steps, labels.shape[1], *X.shape[1:])
-        x_syn = torch.stack([torch.randn(shape, generator=g, dtype=self.dtype) for g in generators])
-        x_syn = x_syn.to(self.device).requires_grad_()
-        rho = torch.full((R, self.steps * self.epochs), inverse_softplus(self.init_lr), dtype=self.dtype,
-                         device=self.device, requires_grad=True)
-        logits = None
-        if self.soft_labels:
-            logits = soft_label_logits(labels, outputs, self.dtype)
-            logits = logits.expand(R, *logits.shape).clone().requires_grad_()
-        optimiser = torch.optim.Adam([t for t in (x_syn, rho, logits) if t is not None], lr=self.outer_lr)
         config = self.config(classes, list(X.shape[1:]), outer_epochs, batch_size)
-        fingerprint = {**config, "seed": self.seed, "restarts": R, "data": data_hash(X, y)}
-        batches = math.ceil(len(X) / batch_size)
-        total, done = outer_epochs * batches, 0
-        orders, history = torch.zeros(R, len(X), dtype=torch.int64), [[] for _ in range(R)]
+        state = self._initial_state(X, classes)
+        fingerprint = None if checkpoint is None else self._fingerprint(config, X, y)
         if checkpoint is not None and Path(checkpoint).exists():
             if not resume:
                 raise FileExistsError(f"Distiller.fit: checkpoint {checkpoint} exists; pass resume=True to "
                                       "continue it, or delete it to start over")
-            state = load_state(checkpoint, fingerprint)
-            with torch.no_grad():
-                for t, name in ((x_syn, "x_syn"), (rho, "rho"), (logits, "logits")):
-                    if t is not None:
-                        t.copy_(state[name])
-            optimiser.load_state_dict(state["adam"])
-            for g, saved in zip(generators, state["generators"]):
-                g.set_state(saved)
-            done, orders, history = state["done"], state["orders"], state["history"]
-
-        def save() -> None:
-            save_state(checkpoint, fingerprint, {
-                "x_syn": x_syn.detach().cpu(), "rho": rho.detach().cpu(),
-                "logits": None if logits is None else logits.detach().cpu(), "adam": optimiser.state_dict(),
-                "generators": [g.get_state() for g in generators], "done": done, "orders": orders,
-                "history": history})
-
-        with tqdm(total=total, initial=done, desc="distill", unit="step", leave=False,
+            state.restore(checkpoint, fingerprint)
+        total = outer_epochs * math.ceil(len(X) / batch_size)
+        with tqdm(total=total, initial=state.done, desc="distill", unit="step", leave=False,
                   disable=not self.progress) as bar:
-            while done < total:
-                at = done % batches * batch_size
-                if at == 0:  # a new outer epoch: a fresh permutation of the real data per restart
-                    orders = torch.stack([torch.randperm(len(X), generator=g) for g in generators])
-                index = orders[:, at:at + batch_size].to(self.device)
-                y_syn = (labels.expand(R, *labels.shape) if logits is None
-                         else soft_labels_from_logits(logits, outputs))
-                losses = self._outer_step(x_syn, y_syn, nn.functional.softplus(rho), X[index], y[index],
-                                          generators, done)
-                optimiser.step()
-                optimiser.zero_grad()
-                for h, loss in zip(history, losses):
-                    h.append(loss)
-                done += 1
-                if checkpoint is not None and (done % save_every == 0 or done == total):
-                    save()
-                bar.set_postfix(loss=f"{sum(losses) / R:.4f}", refresh=False)
+            while state.done < total:
+                index = state.next_batch(batch_size).to(self.device)
+                losses = self._outer_step(state, X[index], y[index])
+                state.advance(losses)
+                if checkpoint is not None and (state.done % save_every == 0 or state.done == total):
+                    state.save(checkpoint, fingerprint)
+                bar.set_postfix(loss=f"{sum(losses) / state.restarts:.4f}", refresh=False)
                 bar.update()
-        y_final = labels.expand(R, *labels.shape) if logits is None else soft_labels_from_logits(logits, outputs)
-        lrs = nn.functional.softplus(rho)
-        results = [
-            DistilledData(x=x_syn[r].detach().cpu().clone(), y=y_final[r].detach().cpu().clone(),
-                          lrs=lrs[r].detach().cpu().clone(), config=dict(config), seed=self.seed + r, history=history[r])
-            for r in range(R)
-        ]
+        results = state.results(config, self.seed)
         return results if self.restarts is not None else results[0]
 
-    def _outer_step(
-        self,
-        x_syn: torch.Tensor,
-        y_syn: torch.Tensor,
-        lrs: torch.Tensor,
-        x_real: torch.Tensor,
-        y_real: torch.Tensor,
-        generators: list[torch.Generator],
-        step: int,
-    ) -> list[float]:
-        """Per restart r, L_r = (1/m) Σ_j L_rj over fresh θ0's; leaves ∇L_r in x_syn.grad[r],
-        ρ.grad[r] (, logits.grad[r]) and returns [L_r]. All shapes lead with R."""
+    def _initial_state(self, X: torch.Tensor, classes: int) -> OuterState:
+        """Step 0 of the outer loop for the R restarts (x̃ noise, η̃ = init_lr, labels balanced)."""
+        labels = balanced_labels(self.steps, self.per_class, classes).to(self.device)
+        return OuterState.create(
+            restarts=self.restarts or 1, seed=self.seed, labels=labels, in_shape=tuple(X.shape[1:]),
+            lrs=self.steps * self.epochs, init_lr=self.init_lr, outer_lr=self.outer_lr,
+            outputs=self._outputs(X, classes), soft_labels=self.soft_labels, samples=len(X),
+            dtype=self.dtype, device=self.device)
+
+    def _fingerprint(self, config: dict, X: torch.Tensor, y: torch.Tensor) -> dict:
+        """What a checkpoint must match to be resumed: the config, seed, restarts and data."""
+        return {**config, "seed": self.seed, "restarts": self.restarts or 1, "data": data_hash(X, y)}
+
+    def _outer_step(self, state: OuterState, x_real: torch.Tensor, y_real: torch.Tensor) -> list[float]:
+        """Per restart r, L_r = (1/m) Σ_j L_rj over fresh θ0's; leaves ∇L_r in the .grad of the
+        state's learned tensors and returns [L_r]. x_real, y_real lead with R."""
+        x_syn, y_syn, lrs, step, R = state.x_syn, state.y_syn(), state.lrs(), state.done, state.restarts
         m = len(self.archs)
-        seeds = [[int(torch.randint(2**62, (1,), generator=g)) for _ in self.archs] for g in generators]
-        pairs = [(r, j) for r in range(len(generators)) for j in range(m)]
+        seeds = [[int(torch.randint(2**62, (1,), generator=g)) for _ in self.archs] for g in state.generators]
+        pairs = [(r, j) for r in range(R) for j in range(m)]
         mine = self._my_pairs(pairs)
         models = [fresh_model(self.archs[j], seeds[r][j], self.dtype).to(self.device) for r, j in mine]
         rows = torch.tensor([r for r, _ in mine], device=self.device)
@@ -305,9 +233,9 @@ class Distiller:
             result = self._gather(result, len(pairs))
         # Mean over the m models of each restart, one restart at a time (the same reduction for any R).
         def per_restart(t: torch.Tensor) -> torch.Tensor:
-            return torch.stack([t[r * m:(r + 1) * m].mean(0) for r in range(len(generators))])
+            return torch.stack([t[r * m:(r + 1) * m].mean(0) for r in range(R)])
 
-        losses = [sum(float(v) for v in result.loss[r * m:(r + 1) * m]) / m for r in range(len(generators))]
+        losses = [sum(float(v) for v in result.loss[r * m:(r + 1) * m]) / m for r in range(R)]
         grad_x, grad_lrs = per_restart(result.grad_x), per_restart(result.grad_lrs)
         grad_y = per_restart(result.grad_y) if y_syn.requires_grad else None
         grads = [g for g in (grad_x, grad_lrs, grad_y) if g is not None]
