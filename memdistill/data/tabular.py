@@ -1,15 +1,18 @@
 """Data sets for distillation: the paper's two moons, other synthetic sets, scikit-learn's
-bundled tabular sets and CSV files.
+bundled tabular sets and CSV files; the :class:`Dataset` every loader returns (images too).
 
-Every loader returns a :class:`Dataset`: a stratified train/test split whose features are
-standardised with the mean and standard deviation of the train part,
-``x = (x_raw − mean_train) / std_train``, and whose labels are class ids ``0 … C−1``.
-Nothing is downloaded: the scikit-learn sets are the ``load_*`` ones shipped in the package.
+A :class:`Dataset` is a train/test split (stratified unless the data come split) whose inputs
+are standardised with the mean and standard deviation of the train part,
+``x = (x_raw − mean_train) / std_train`` (per feature; per channel for images), and whose labels
+are class ids ``0 … C−1``. Nothing is downloaded: the scikit-learn sets are the ``load_*`` ones
+shipped in the package.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +28,17 @@ PAPER_RANDOM_STATE = 8
 
 @dataclass(frozen=True)
 class Dataset:
-    """A standardised, stratified train/test split.
+    """A standardised train/test split of tabular data ([N, F]) or images ([N, C, H, W]).
 
     Attributes:
-      name: what it was loaded from (a data set name or a CSV path).
-      x_train: float32 tensor [N_train, F]; x_test: float32 tensor [N_test, F].
+      name: what it was loaded from (a data set name or a path).
+      x_train: float32 tensor [N_train, *in_shape]; x_test: float32 tensor [N_test, *in_shape].
+        ``in_shape`` is (F,) for tabular data and (C, H, W) for images.
       y_train: int64 tensor [N_train] of class ids 0 … C−1; y_test: int64 tensor [N_test].
-      classes: C, the number of classes (≥ 2).
-      class_names: the original label of each class id.
-      mean, std: float64 arrays [F] of the train part, used to standardise both parts.
+      classes: the number of classes (≥ 2).
+      class_names: the name of each class id.
+      mean, std: float64 arrays of the train part, used to standardise both parts: shape [F]
+        (per feature) for tabular data, [C] (per channel) for images. See :meth:`normalize`.
     """
 
     name: str
@@ -47,20 +52,55 @@ class Dataset:
     std: np.ndarray
 
     @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input: (F,) for tabular data, (C, H, W) for images."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        """True for images (inputs [N, C, H, W])."""
+        return self.x_train.ndim == 4
+
+    @property
     def in_features(self) -> int:
-        """F, the number of features."""
-        return int(self.x_train.shape[1])
+        """F for tabular data; for images C·H·W, the width of an input once flattened."""
+        return math.prod(self.in_shape)
 
     @property
     def out_features(self) -> int:
         """Outputs of a classifier for this data: 1 logit for 2 classes, else C."""
         return 1 if self.classes == 2 else self.classes
 
+    def normalize(self, x_raw: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Standardise raw inputs [..., *in_shape] as the data were: ``(x_raw − mean) / std``.
 
-def load_dataset(
+        Returns a float32 tensor of the same shape (on ``x_raw``'s device for a tensor).
+        """
+        x, mean, std = self._stats_like(x_raw)
+        return ((x - mean) / std).to(torch.float32)
+
+    def denormalize(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Undo :meth:`normalize`: inputs [..., *in_shape] back to raw values (float32), e.g. for display."""
+        x, mean, std = self._stats_like(x)
+        return (x * std + mean).to(torch.float32)
+
+    def _stats_like(self, x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x as a float tensor, and mean/std shaped to broadcast against it ([C, 1, 1] for images)."""
+        x = torch.as_tensor(x)
+        shape = self.in_shape
+        if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+            raise ValueError(f"Dataset {self.name!r}: inputs must have shape [..., {', '.join(map(str, shape))}], "
+                             f"got {list(x.shape)}")
+        dtype = torch.float32 if x.device.type == "mps" else torch.float64  # mps has no float64
+        stat_shape = (-1, 1, 1) if self.is_image else (-1,)
+        mean, std = (torch.as_tensor(v, dtype=dtype, device=x.device).view(stat_shape) for v in (self.mean, self.std))
+        return x.to(dtype), mean, std
+
+
+def load_tabular(
     name: str, *, label: str | None = None, test_size: float = 1 / 3, seed: int = PAPER_RANDOM_STATE
 ) -> Dataset:
-    """Load a data set by name and split it.
+    """Load a synthetic set, a bundled scikit-learn set or a CSV file and split it.
 
     Args:
       name: ``"moons"`` (the paper's: 1,500 points, noise 0.05, random_state 8),
@@ -80,13 +120,8 @@ def load_dataset(
 
         bunch = getattr(sklearn.datasets, f"load_{name}")()
         features, labels = bunch.data, bunch.target
-    elif name.endswith(".csv") or Path(name).is_file():
-        features, labels = read_csv(name, label)
     else:
-        raise ValueError(
-            f"load_dataset: unknown data set {name!r}; expected one of "
-            f"{list(SYNTHETIC + BUNDLED)} or the path of a CSV file"
-        )
+        features, labels = read_csv(name, label)
     return split_dataset(features, labels, name=name, test_size=test_size, seed=seed)
 
 
@@ -127,7 +162,13 @@ def read_csv(path: str | Path, label: str | None) -> tuple[np.ndarray, np.ndarra
 
 
 def split_dataset(
-    features: np.ndarray, labels: np.ndarray, *, name: str, test_size: float = 1 / 3, seed: int = 0
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    name: str,
+    test_size: float = 1 / 3,
+    seed: int = 0,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Dataset:
     """Check, encode, split (stratified) and standardise (train statistics) a labelled set.
 
@@ -137,20 +178,24 @@ def split_dataset(
       name: recorded in the result.
       test_size: fraction of the points in the test part.
       seed: random_state of the stratified split.
+      test: a given test part (features [M, F], labels [M]) instead of a split; its labels must
+        be among the train labels.
     """
-    from sklearn.model_selection import train_test_split
-
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     check_features(features, labels)
-    class_names, ids = np.unique(labels, return_inverse=True)
-    if len(class_names) < 2:
-        raise ValueError(
-            f"split_dataset: labels must hold at least 2 classes, got only {class_names.tolist()}"
-        )
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, ids, test_size=test_size, stratify=ids, random_state=seed
-    )
+    if test is None:
+        class_names, ids, _ = encode_labels(labels, who="split_dataset")
+        train, held_out = stratified_split(ids, test_size=test_size, seed=seed)
+        x_train, x_test, y_train, y_test = features[train], features[held_out], ids[train], ids[held_out]
+    else:
+        x_test, test_labels = np.asarray(test[0], dtype=np.float64), np.asarray(test[1])
+        check_features(x_test, test_labels)
+        if x_test.shape[1] != features.shape[1]:
+            raise ValueError(f"split_dataset: test features must have {features.shape[1]} columns like the "
+                             f"train features, got {x_test.shape[1]}")
+        class_names, y_train, y_test = encode_labels(labels, test_labels, who="split_dataset")
+        x_train = features
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std = np.where(std > 0, std, 1.0)
 
@@ -164,10 +209,60 @@ def split_dataset(
         x_test=tensor(x_test),
         y_test=torch.from_numpy(y_test).to(torch.int64),
         classes=len(class_names),
-        class_names=tuple(str(c) for c in class_names),
+        class_names=class_names,
         mean=mean,
         std=std,
     )
+
+
+def encode_labels(
+    labels: np.ndarray,
+    test_labels: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    who: str = "encode_labels",
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray | None]:
+    """Class names and int64 class ids of train labels [N] and test labels [M] (None: none).
+
+    Without ``class_names`` the classes are the sorted distinct train labels (at least 2) and
+    test labels must be among them. With ``class_names`` the labels already are the integer
+    ids ``0 … len(class_names)−1``. ``who`` prefixes the error messages.
+    """
+    if class_names is not None:
+        names = tuple(str(c) for c in class_names)
+        test_ids = None if test_labels is None else _checked_ids(test_labels, len(names), who)
+        return names, _checked_ids(labels, len(names), who), test_ids
+    classes, ids = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"{who}: labels must hold at least 2 classes, got only {classes.tolist()}")
+    test_ids = None
+    if test_labels is not None:
+        index = {c: i for i, c in enumerate(classes.tolist())}
+        unseen = sorted({str(v) for v in test_labels.tolist() if v not in index})
+        if unseen:
+            raise ValueError(f"{who}: test labels {unseen[:10]} are not among the train classes "
+                             f"{[str(c) for c in classes.tolist()]}")
+        test_ids = np.array([index[v] for v in test_labels.tolist()], dtype=np.int64).reshape(-1)
+    return tuple(str(c) for c in classes.tolist()), ids.reshape(-1).astype(np.int64), test_ids
+
+
+def _checked_ids(labels: np.ndarray, classes: int, who: str) -> np.ndarray:
+    """labels [N] as int64 ids; ValueError unless they are integers in 0 … classes−1."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{who}: labels must be integer class ids 0 … {classes - 1}, got dtype {labels.dtype}")
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise ValueError(f"{who}: labels must be class ids 0 … {classes - 1}, got {int(bad[0])}")
+    return labels.astype(np.int64)
+
+
+def stratified_split(ids: np.ndarray, *, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) of a stratified split of class ids [N] (scikit-learn's, random_state=seed)."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(np.arange(len(ids)), test_size=test_size, stratify=ids, random_state=seed)
+    return train, test
 
 
 def check_features(features: np.ndarray, labels: np.ndarray) -> None:
