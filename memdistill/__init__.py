@@ -7,7 +7,7 @@ The public surface lives here; the implementation is in the subpackages, one lay
 from memdistill.data import Dataset, load_dataset
 from memdistill.distill import DistilledData, Distiller, train_on
 from memdistill.engine import Hypergradient, backend_info, hypergradient, schedules, unrolled_loss
-from memdistill.models import mlp
+from memdistill.models import convnet, lenet, mlp
 
 __all__ = [
     "Dataset",
@@ -15,7 +15,9 @@ __all__ = [
     "Distiller",
     "Hypergradient",
     "backend_info",
+    "convnet",
     "hypergradient",
+    "lenet",
     "load_dataset",
     "mlp",
     "schedules",

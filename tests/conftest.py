@@ -82,3 +82,21 @@ def rel(a: Tensor, b: Tensor) -> float:
 @pytest.fixture
 def problem():
     return make_problem
+
+
+def max_rel_error(hg, ref, floor: float = 1e-5) -> float:
+    """The largest relative error between two Hypergradients: :func:`rel` over loss, grad_x_syn,
+    grad_lrs and grad_y_syn (when both have it), and for each grad_params entry ‖a − b‖ over
+    max(‖b‖, floor · ‖whole reference θ-gradient‖). The floor matters only for a parameter whose
+    gradient vanishes identically (a conv bias followed by instance or batch norm, which
+    subtracts it again): its reference is pure rounding noise (~1e-16), so its own norm is no
+    scale; a genuine gradient below 1e-5 of the whole would be judged against the floor too."""
+    assert hg.grad_params.keys() == ref.grad_params.keys()
+    assert (hg.grad_y_syn is None) == (ref.grad_y_syn is None)
+    pairs = [(hg.loss, ref.loss), (hg.grad_x_syn, ref.grad_x_syn), (hg.grad_lrs, ref.grad_lrs)]
+    if ref.grad_y_syn is not None:
+        pairs.append((hg.grad_y_syn, ref.grad_y_syn))
+    whole = torch.cat([g.reshape(-1) for g in ref.grad_params.values()]).norm().item()
+    params = [(hg.grad_params[k] - b).norm().item() / max(b.norm().item(), floor * whole, 1e-300)
+              for k, b in ref.grad_params.items()]
+    return max([rel(a, b) for a, b in pairs] + params)
