@@ -8,6 +8,7 @@ outer-loss history. Files are written atomically; a load returns the same bits.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,30 @@ class DistilledData:
     def momentum(self) -> float:
         """γ of the inner SGD the data was distilled with (0 if not recorded)."""
         return float(self.config.get("momentum", 0.0))
+
+    def save_grid(
+        self,
+        path: str | Path,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> Path:
+        """Write a PNG grid of the distilled images (rows = inner steps, columns = objects by
+        class, the learned rates beside each row; see :mod:`memdistill.distill.grid`).
+
+        ``mean``, ``std`` (per channel) un-normalise the images and ``class_names`` label the
+        columns; each defaults to the entry of :attr:`config` of that name, which ``memdistill
+        distill`` records from the data set.
+        """
+        from memdistill.distill.grid import save_grid_png
+
+        return save_grid_png(
+            path, self.x, self.y, self.lrs,
+            mean=self.config.get("mean") if mean is None else mean,
+            std=self.config.get("std") if std is None else std,
+            class_names=self.config.get("class_names") if class_names is None else class_names,
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write a safetensors file (tensors + JSON metadata) atomically; return its path."""

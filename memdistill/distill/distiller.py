@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from memdistill.distill.batching import Rows, hypergradients
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.outer import OuterState, balanced_labels
+from memdistill.distill.outer import INITS, THETA0, OuterState, balanced_labels
 from memdistill.distill.resume import data_hash
 from memdistill.engine.validation import METHODS
 from memdistill.models import fresh_model
@@ -53,6 +53,11 @@ class Distiller:
       dtype: floating dtype of x̃, η̃ and the models (float32, or float64 for exactness).
       device: where to compute.
       progress: show a tqdm bar with the outer loss.
+      init: how x̃ starts: "noise" (N(0, 1), the scale of standardised data) or "real" (random
+        real objects of each object's class).
+      theta0: "random": a fresh θ0 for every internal model at every outer step (Wang et al.'s
+        random-init setting); "fixed": one θ0 per internal model for the whole run (their
+        fixed-init setting; :func:`memdistill.train_on` then starts from it).
       restarts: R independent distillations in one batched computation (restart r uses seed
         ``seed + r`` and equals a separate run with that seed); ``fit`` then returns R results.
       data_parallel: under an initialised torch.distributed process group, split the R·m
@@ -87,6 +92,8 @@ class Distiller:
         progress: bool = True,
         restarts: int | None = None,
         data_parallel: bool = False,
+        init: str = "noise",
+        theta0: str = "random",
     ):
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
@@ -104,6 +111,9 @@ class Distiller:
         for name, value in (("init_lr", init_lr), ("outer_lr", outer_lr)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"Distiller: {name} must be positive and finite, got {value}")
+        for name, value, allowed in (("init", init, INITS), ("theta0", theta0, THETA0)):
+            if value not in allowed:
+                raise ValueError(f"Distiller: unknown {name} {value!r}; it needs to be one of {list(allowed)}")
         if not dtype.is_floating_point:
             raise ValueError(f"Distiller: dtype must be a floating dtype, got {dtype}")
         self.archs = list(archs)
@@ -111,7 +121,7 @@ class Distiller:
         self.method, self.momentum, self.snapshots = method, float(momentum), snapshots
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
-        self.progress = progress
+        self.progress, self.init, self.theta0 = progress, init, theta0
         if restarts is not None and (not isinstance(restarts, int) or restarts < 1):
             raise ValueError(f"Distiller: restarts must be None or an int >= 1, got {restarts!r}")
         self.restarts, self.data_parallel = restarts, bool(data_parallel)
@@ -132,6 +142,8 @@ class Distiller:
             "init_lr": self.init_lr,
             "outer_lr": self.outer_lr,
             "soft_labels": self.soft_labels,
+            "init": self.init,
+            "theta0": self.theta0,
             "dtype": str(self.dtype).removeprefix("torch."),
             "classes": classes,
             "in_shape": list(in_shape),
@@ -179,7 +191,7 @@ class Distiller:
             raise ValueError(f"Distiller.fit: save_every must be an int >= 1, got {save_every!r}")
         classes = int(y.max()) + 1
         config = self.config(classes, list(X.shape[1:]), outer_epochs, batch_size)
-        state = self._initial_state(X, classes)
+        state = self._initial_state(X, y, classes)
         fingerprint = None if checkpoint is None else self._fingerprint(config, X, y)
         if checkpoint is not None and Path(checkpoint).exists():
             if not resume:
@@ -200,14 +212,13 @@ class Distiller:
         results = state.results(config, self.seed)
         return results if self.restarts is not None else results[0]
 
-    def _initial_state(self, X: torch.Tensor, classes: int) -> OuterState:
-        """Step 0 of the outer loop for the R restarts (x̃ noise, η̃ = init_lr, labels balanced)."""
+    def _initial_state(self, X: torch.Tensor, y: torch.Tensor, classes: int) -> OuterState:
+        """Step 0 of the outer loop for the R restarts (x̃ from init, η̃ = init_lr, labels balanced)."""
         labels = balanced_labels(self.steps, self.per_class, classes).to(self.device)
         return OuterState.create(
-            restarts=self.restarts or 1, seed=self.seed, labels=labels, in_shape=tuple(X.shape[1:]),
-            lrs=self.steps * self.epochs, init_lr=self.init_lr, outer_lr=self.outer_lr,
-            outputs=self._outputs(X, classes), soft_labels=self.soft_labels, samples=len(X),
-            dtype=self.dtype, device=self.device)
+            restarts=self.restarts or 1, seed=self.seed, labels=labels, X=X, y=y, lrs=self.steps * self.epochs,
+            init=self.init, theta0=self.theta0, models=len(self.archs), init_lr=self.init_lr,
+            outer_lr=self.outer_lr, outputs=self._outputs(X, classes), soft_labels=self.soft_labels)
 
     def _fingerprint(self, config: dict, X: torch.Tensor, y: torch.Tensor) -> dict:
         """What a checkpoint must match to be resumed: the config, seed, restarts and data."""
@@ -218,7 +229,7 @@ class Distiller:
         state's learned tensors and returns [L_r]. x_real, y_real lead with R."""
         x_syn, y_syn, lrs, step, R = state.x_syn, state.y_syn(), state.lrs(), state.done, state.restarts
         m = len(self.archs)
-        seeds = [[int(torch.randint(2**62, (1,), generator=g)) for _ in self.archs] for g in state.generators]
+        seeds = state.model_seeds(m)
         pairs = [(r, j) for r in range(R) for j in range(m)]
         mine = self._my_pairs(pairs)
         models = [fresh_model(self.archs[j], seeds[r][j], self.dtype).to(self.device) for r, j in mine]

@@ -162,7 +162,8 @@ def train_on(
       data: the distilled data.
       arch: zero-argument factory of the network (e.g. ``md.mlp("2-layer")``).
       strategy: None/"none" (the learned rates once), "s1", "s2" or "s3" (see the module doc).
-      seed: seed of the Xavier initialisation θ0.
+      seed: seed of the initialisation θ0; data distilled with ``theta0="fixed"`` ignores it and
+        starts from the fixed θ0 of its first internal model (``config["theta0_seeds"][0]``).
       **strategy_constants: overrides of the paper's constants, as in :func:`schedule`
         (``total_epochs=50, eta0=0.3, warmup=1.1, warmup_epochs=10, decay1=0.95, decay=0.98``).
 
@@ -170,5 +171,6 @@ def train_on(
       The trained model (in the dtype of ``data.x``).
     """
     lrs = schedule(data, strategy, **strategy_constants)
-    model = fresh_model(arch, seed, dtype=data.x.dtype)
+    fixed = data.config.get("theta0_seeds")
+    model = fresh_model(arch, fixed[0] if fixed else seed, dtype=data.x.dtype).to(data.x.device)
     return run_inner_loop(model, data.x, data.y, lrs, data.momentum)
