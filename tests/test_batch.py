@@ -1,5 +1,5 @@
-"""memdistill batch: job files and their errors, sharding, 2-process gloo runs equal to one
-process, resume skipping finished jobs, and SIGKILL at random points losing nothing."""
+"""memdistill batch: a bad job file refused before any work, sharding, 2-process gloo runs equal
+to one process, resume skipping finished jobs, and SIGKILL at random points losing nothing."""
 
 import json
 import os
@@ -84,75 +84,7 @@ def assert_same_results(out_a: Path, out_b: Path, names, *, ignore=()) -> None:
         assert metrics_a["accuracies"] == metrics_b["accuracies"], name
 
 
-# ---- job files ----
-
-BAD_FILES = [
-    ("jobz = 1\n[[jobs]]\n", "jobz: unknown key (did you mean 'jobs'?)"),
-    ("[defaults]\nsteps = 2\n", "jobs: expected a non-empty list of [[jobs]] tables"),
-    ("jobs = [1]\n", "jobs[0]: expected a table, got 1"),
-    (
-        '[[jobs]]\nmethod = "adjiont"\n',
-        "jobs[0].method: unknown method 'adjiont'; expected one of ['autograd'",
-    ),
-    ("[[jobs]]\nstesp = 3\n", "jobs[0].stesp: unknown key (did you mean 'steps'?)"),
-    ('[[jobs]]\nsteps = "3"\n', "jobs[0].steps: expected an integer, got '3' (str)"),
-    ("[[jobs]]\nsteps = true\n", "jobs[0].steps: expected an integer, got True (bool)"),
-    ("[[jobs]]\nsteps = 0\n", "jobs[0].steps: must be >= 1, got 0"),
-    ("[[jobs]]\nmomentum = 1\n", "jobs[0].momentum: must be in [0, 1), got 1"),
-    ("[[jobs]]\nouter_lr = -0.1\n", "jobs[0].outer_lr: must be positive and finite, got -0.1"),
-    ('[[jobs]]\narchs = "2-layer"\n', "jobs[0].archs: expected a non-empty list of strings, got '2-layer'"),
-    ('[[jobs]]\narchs = ["2-layer", "3layer"]\n', "jobs[0].archs[1]: unknown architecture '3layer'"),
-    ('[[jobs]]\ndata = "moon"\n', "jobs[0].data: unknown data set 'moon'; expected one of ['moons'"),
-    ('[[jobs]]\ndata = "missing.csv"\n', "jobs[0].data: no CSV file at"),
-    ('[[jobs]]\ndata = "missing.csv"\n', "jobs[0].label: required with the CSV data 'missing.csv'"),
-    (
-        '[[jobs]]\ndtype = "float16"\n',
-        "jobs[0].dtype: unknown dtype 'float16'; expected one of ['float32', 'float64']",
-    ),
-    (
-        '[[jobs]]\narchs = ["1-layer", "2-layer"]\nmodels = 3\n',
-        "jobs[0].models: 3 does not match the 2 archs",
-    ),
-    (
-        '[[jobs]]\nmethod = "reversible"\n',
-        "jobs[0].momentum: method 'reversible' needs momentum > 0, got 0.0",
-    ),
-    (
-        '[[jobs]]\n[[jobs]]\n[jobs.evaluate]\nstrategies = ["s4"]\n',
-        "jobs[1].evaluate.strategies[0]: unknown strategy 's4'",
-    ),
-    ("[[jobs]]\n[jobs.evaluate]\nint = 3\n", "jobs[0].evaluate.int: unknown key (did you mean 'inits'?)"),
-    (
-        '[evaluate]\ntest_archs = ["5layer"]\n[[jobs]]\n',
-        "evaluate.test_archs[0]: unknown architecture '5layer'",
-    ),
-    ('[defaults]\nname = "x"\n[[jobs]]\n', "defaults.name: unknown key"),
-    ("[defaults]\nseed = -1\n[[jobs]]\n", "defaults.seed: must be >= 0, got -1"),
-    ('data_parallel = "yes"\n[[jobs]]\n', "data_parallel: expected true or false, got 'yes' (str)"),
-    ("[[jobs]]\n[[jobs]]\n", "jobs[1].name: 'moons-2-layer' is already the name of jobs[0]"),
-    ('[[jobs]]\nname = "a/b"\n', "jobs[0].name: must be a folder name"),
-    (
-        '[[jobs]]\ndata = "my data.csv"\nlabel = "y"\n',
-        "jobs[0].name: the name made from data and archs, must",
-    ),
-    ("[[jobs]\n", "not valid TOML"),
-]
-
-
-@pytest.mark.parametrize("text, message", BAD_FILES, ids=[m.split(":")[0] for _, m in BAD_FILES])
-def test_bad_job_file_names_the_key(tmp_path, text, message):
-    write(tmp_path / "my data.csv", "x,y\n")
-    with pytest.raises(ValueError) as error:
-        jobfile.parse(text, tmp_path / "job.toml")
-    assert f"job.toml: {message}" in str(error.value)
-
-
-def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
-    text = '[[jobs]]\nsteps = 0\nmethod = "x"\n[[jobs]]\narchs = ["nope"]\n'
-    with pytest.raises(ValueError) as error:
-        jobfile.parse(text, tmp_path / "job.toml")
-    lines = str(error.value).splitlines()
-    assert [line.split(": ")[1] for line in lines] == ["jobs[0].steps", "jobs[0].method", "jobs[1].archs[0]"]
+# ---- job files (their parsing: test_jobfile.py) ----
 
 
 def test_cli_rejects_a_bad_file_before_any_work(tmp_path, capsys):
@@ -165,34 +97,6 @@ def test_cli_rejects_a_bad_file_before_any_work(tmp_path, capsys):
         in capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
-
-
-def test_jobs_runs_names_seeds_and_defaults(tmp_path):
-    write(tmp_path / "points.csv", "a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
-    text = (
-        "[defaults]\nseed = 10\n[evaluate]\ninits = 3\n"
-        "[[jobs]]\nrestarts = 5\nbatch_restarts = 2\n"
-        '[[jobs]]\ndata = "points.csv"\nlabel = "label"\narchs = ["1-layer", "4-layer"]\n[jobs.evaluate]\ninits = 1\n'
-    )
-    parsed = jobfile.parse(text, tmp_path / "job.toml")
-    assert [job.name for job in parsed.jobs] == [
-        *(f"moons-2-layer-r{r}" for r in range(5)),
-        "points-1-layer+4-layer-r0",
-    ]
-    assert [job.seed for job in parsed.jobs] == [10, 11, 12, 13, 14, 10]
-    assert [(run.first, run.count) for run in parsed.runs] == [(0, 2), (2, 2), (4, 1), (0, 1)]
-    first, second = parsed.configs
-    assert first.internal_archs == ("2-layer",) * 3 and second.internal_archs == ("1-layer", "4-layer")
-    assert (
-        first.evaluate.inits == 3
-        and second.evaluate.inits == 1
-        and first.evaluate.strategies == ("none", "s1", "s2", "s3")
-    )
-    assert second.data == str((tmp_path / "points.csv").resolve())
-    assert set(first.record()) == set(jobfile.JOB_KEYS) - {"save_every"} | {"evaluate"}
-    assert set(jobfile.JOB_KEYS) | {"index", "evaluate"} == {
-        f.name for f in jobfile.dataclasses.fields(jobfile.Config)
-    }
 
 
 @pytest.mark.parametrize(
