@@ -126,7 +126,8 @@ class Distiller:
             raise ValueError(f"Distiller: restarts must be None or an int >= 1, got {restarts!r}")
         self.restarts, self.data_parallel = restarts, bool(data_parallel)
 
-    def config(self, classes: int, in_shape: Sequence[int], outer_epochs: int, batch_size: int) -> dict:
+    def config(self, classes: int, in_shape: Sequence[int], outer_epochs: int, batch_size: int,
+               outer_steps: int | None = None) -> dict:
         """The JSON-serialisable settings recorded in the DistilledData."""
         return {
             "archs": [
@@ -148,6 +149,7 @@ class Distiller:
             "classes": classes,
             "in_shape": list(in_shape),
             "outer_epochs": outer_epochs,
+            **({} if outer_steps is None else {"outer_steps": outer_steps}),
             "batch_size": batch_size,
         }
 
@@ -161,6 +163,7 @@ class Distiller:
         checkpoint: str | Path | None = None,
         save_every: int = 50,
         resume: bool = False,
+        outer_steps: int | None = None,
     ) -> DistilledData | list[DistilledData]:
         """Distil (X, y) into s·b synthetic objects and s·e learning rates.
 
@@ -169,6 +172,8 @@ class Distiller:
           y: int class ids [N] in 0 … C−1, C ≥ 2.
           outer_epochs: passes over the real data; the outer loop runs
             outer_epochs · ⌈N / batch_size⌉ steps (the last batch of an epoch may be smaller).
+          outer_steps: run exactly this many outer steps instead, whatever N (the image
+            defaults count in steps: 1,198 digits and 60,000 MNIST images make very different epochs).
           batch_size: real objects per outer step.
           checkpoint: file for the outer loop's full state (x̃, ρ, labels, Adam, generators,
             position, history), written atomically every ``save_every`` outer steps and at the end.
@@ -187,10 +192,11 @@ class Distiller:
           ValueError: the checkpoint is corrupt or belongs to another run.
         """
         X, y = self._check_real(X, y, outer_epochs, batch_size)
-        if not isinstance(save_every, int) or save_every < 1:
-            raise ValueError(f"Distiller.fit: save_every must be an int >= 1, got {save_every!r}")
+        for name, value in (("save_every", save_every), ("outer_steps", outer_steps or 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Distiller.fit: {name} must be an int >= 1, got {value!r}")
         classes = int(y.max()) + 1
-        config = self.config(classes, list(X.shape[1:]), outer_epochs, batch_size)
+        config = self.config(classes, list(X.shape[1:]), outer_epochs, batch_size, outer_steps)
         state = self._initial_state(X, y, classes)
         fingerprint = None if checkpoint is None else self._fingerprint(config, X, y)
         if checkpoint is not None and Path(checkpoint).exists():
@@ -198,7 +204,7 @@ class Distiller:
                 raise FileExistsError(f"Distiller.fit: checkpoint {checkpoint} exists; pass resume=True to "
                                       "continue it, or delete it to start over")
             state.restore(checkpoint, fingerprint)
-        total = outer_epochs * math.ceil(len(X) / batch_size)
+        total = outer_steps or outer_epochs * math.ceil(len(X) / batch_size)
         with tqdm(total=total, initial=state.done, desc="distill", unit="step", leave=False,
                   disable=not self.progress) as bar:
             while state.done < total:
