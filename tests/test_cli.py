@@ -160,7 +160,7 @@ def test_reproduce_results_do_not_depend_on_jobs(tmp_path):
     "argv, message",
     [
         (["distill", "--data", "mnist"], "unknown data set 'mnist'"),
-        (["distill", "--arch", "huge"], "unknown architecture 'huge'"),
+        (["distill", "--arch", "huge"], "unknown arch name 'huge'"),
         (
             ["distill", "--arch", "1-layer", "--arch", "2-layer", "--models", "3"],
             "--models 3 does not match the 2 --arch values",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,15 +22,18 @@ from memdistill.apps import profiling, reproduce
 from memdistill.apps.batch import process_group, run_batch
 from memdistill.apps.report import baseline_table, markdown_table, strategy_table
 from memdistill.atomic import write_json_atomic
-from memdistill.data import Dataset, load_dataset
+from memdistill.data import BUNDLED, IMAGES, SYNTHETIC, Dataset, load_dataset
+from memdistill.distill.defaults import IMAGE, TABULAR, defaults_for
 from memdistill.distill.distilled import DistilledData
 from memdistill.distill.distiller import Distiller
 from memdistill.distill.evaluation import baseline_accuracies, distilled_accuracies, summarize
+from memdistill.distill.outer import INITS, THETA0
 from memdistill.distill.training import STRATEGIES
 from memdistill.engine.validation import METHODS
-from memdistill.models import mlp
+from memdistill.models import check_arch
 
 DATA_FILE = "distilled.safetensors"
+GRID_FILE = "grid.png"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -41,10 +45,39 @@ def _add_data_options(parser: argparse.ArgumentParser, default: str | None) -> N
     parser.add_argument(
         "--data",
         default=default,
-        help="moons, circles, blobs, breast_cancer, iris, wine, digits or a CSV path"
+        help=f"tables: {', '.join(SYNTHETIC + BUNDLED)} or a CSV path; images: {', '.join(IMAGES)}, "
+        "an image folder (one subfolder per class) or an .npz file (arrays x, y)"
         + (f" (default: {default})" if default else " (default: the one distilled)"),
     )
     parser.add_argument("--label", help="label column of a CSV file")
+    parser.add_argument(
+        "--data-root", help="folder of the mnist/fashion-mnist/cifar files (default: $MEMDISTILL_DATA)"
+    )
+
+
+def _device(text: str) -> str:
+    """An available torch device name (``cpu``, ``cuda``, ``cuda:N``), checked before any work."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here (torch {torch.__version__})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+
+ARCH_HELP = (
+    "N-layer, mlp[w1,w2,...], lenet, convnet, convnet-D (depth D) or package.module:function "
+    "(called as function(in_shape, classes), returns an nn.Module)"
+)
 
 
 DISTILL_OPTIONS = {
@@ -55,6 +88,7 @@ DISTILL_OPTIONS = {
     "init_lr": (float, "initial learned learning rate"),
     "outer_lr": (float, "Adam learning rate"),
     "outer_epochs": (int, "passes over the real data"),
+    "outer_steps": (int, "outer steps (overrides --outer-epochs)"),
     "batch_size": (int, "real minibatch size"),
     "seed": (int, "random seed"),
 }
@@ -72,17 +106,22 @@ REPRODUCE_OPTIONS = {
 """Protocol fields settable from reproduce only."""
 
 
-def _add_options(parser: argparse.ArgumentParser, options: dict[str, tuple[type, str]]) -> None:
-    """``--field-name`` options (default None: the protocol's value, shown in the help)."""
+def _add_options(parser: argparse.ArgumentParser, options: dict[str, tuple[type, str]], images: bool = False) -> None:
+    """``--field-name`` options (default None: the protocol's value, shown in the help; with
+    ``images`` also the image default where it differs)."""
     paper = reproduce.Protocol()
     for field, (kind, text) in options.items():
         flag = "--" + field.replace("_", "-")
-        parser.add_argument(flag, type=kind, help=f"{text} (default {getattr(paper, field)})")
+        default = getattr(paper, field, getattr(TABULAR, field, None))
+        image = getattr(IMAGE, field, default)
+        shown = f"{default}; images {image}" if images and image != default else f"{default}"
+        parser.add_argument(flag, type=kind, help=f"{text} (default {shown})")
 
 
-def _add_distill_options(parser: argparse.ArgumentParser) -> None:
+def _add_distill_options(parser: argparse.ArgumentParser, images: bool = False) -> None:
     """Options shared by distill and reproduce (reproduce's defaults depend on --quick)."""
-    _add_options(parser, DISTILL_OPTIONS)
+    _add_options(parser, DISTILL_OPTIONS if images else
+                 {k: v for k, v in DISTILL_OPTIONS.items() if k != "outer_steps"}, images)
     parser.add_argument("--method", choices=METHODS, help="hypergradient method (default checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -102,18 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument(
         "--arch",
         action="append",
-        help="internal model architecture: N-layer or mlp[w1,w2,...]; repeat for mixed models (default 2-layer)",
+        help=f"internal model: {ARCH_HELP}; repeat for mixed models (default {TABULAR.arch}; images {IMAGE.arch})",
     )
     distill.add_argument(
         "--models",
         type=int,
-        help="internal models m (default: 3 copies of a single --arch, else one per --arch)",
+        help=f"internal models m (default: {TABULAR.models} copies of a single --arch, images {IMAGE.models}; "
+        "else one per --arch)",
     )
-    _add_distill_options(distill)
+    _add_distill_options(distill, images=True)
+    distill.add_argument("--init", choices=INITS, help=f"how x̃ starts (default {TABULAR.init}; images {IMAGE.init})")
+    distill.add_argument(
+        "--theta0", choices=THETA0, default="random",
+        help="random: a fresh θ0 every outer step; fixed: one θ0 for the whole run (default random)",
+    )
     distill.add_argument("--soft-labels", action="store_true", help="also learn soft labels")
     distill.add_argument(
         "--dtype", choices=list(DTYPES), default="float32", help="float dtype (default float32)"
     )
+    distill.add_argument(
+        "--inits", type=int, default=10, help="fresh models tested on the result (default 10; 0: none)"
+    )
+    _add_device_option(distill)
     distill.add_argument("--out", required=True, type=Path, help="output directory")
 
     evaluate = commands.add_parser(
@@ -125,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--test-arch",
         type=_comma_list,
-        default=["1-layer", "2-layer", "4-layer"],
-        help="comma-separated architectures (default 1-layer,2-layer,4-layer)",
+        help="comma-separated architectures, each " + ARCH_HELP + " (default: 1-layer,2-layer,4-layer for "
+        "tables; the distilled architectures for images)",
     )
     evaluate.add_argument(
         "--strategy",
@@ -156,10 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--baseline-epochs",
         type=int,
-        default=paper.baseline_epochs,
-        help=f"baseline gradient steps (default {paper.baseline_epochs})",
+        help=f"baseline epochs (default: {paper.baseline_epochs} full-batch steps for tables, "
+        f"{IMAGE.baseline['epochs']} epochs of batch {IMAGE.baseline['batch_size']} for images)",
     )
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_data_options(evaluate, None)
+    _add_device_option(evaluate)
 
     repro = commands.add_parser(
         "reproduce",
@@ -237,11 +288,14 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _archs(names: Sequence[str], models: int | None, dataset: Dataset) -> list:
-    """The internal models: one name replicated ``models`` (3) times, or one per name."""
-    factories = [mlp(name, dataset.in_features, dataset.out_features) for name in names]
+def _archs(names: Sequence[str], models: int | None, dataset: Dataset, default: int) -> list:
+    """The internal models: one name replicated ``models`` (default) times, or one per name;
+    each checked on the data's shape before any work."""
+    factories = [check_arch(name, dataset.in_shape, dataset.classes) for name in names]
+    if models is not None and models < 1:
+        raise ValueError(f"--models must be >= 1, got {models}")
     if len(factories) == 1:
-        return factories * (3 if models is None else models)
+        return factories * (default if models is None else models)
     if models not in (None, len(factories)):
         raise ValueError(f"--models {models} does not match the {len(factories)} --arch values")
     return factories
@@ -252,31 +306,59 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _data_config(args: argparse.Namespace, dataset: Dataset) -> dict:
+    """What DistilledData.config records of the data: how to load it again and how to show it."""
+    config = {"data": args.data, "label": args.label, "class_names": list(dataset.class_names)}
+    if args.data_root is not None:
+        config["data_root"] = str(Path(args.data_root).resolve())
+    if dataset.is_image:
+        config.update(mean=[float(v) for v in dataset.mean], std=[float(v) for v in dataset.std])
+    return config
+
+
+def _fit_options(args: argparse.Namespace, dataset: Dataset) -> dict:
+    """fit's keyword arguments: the data kind's defaults under the options given; an explicit
+    --outer-epochs without --outer-steps counts in epochs."""
+    fit = {**defaults_for(dataset.is_image).fit(), **_given(args, ["outer_epochs", "batch_size", "outer_steps"])}
+    if args.outer_epochs is not None and args.outer_steps is None:
+        fit["outer_steps"] = None
+    return fit
+
+
 def cmd_distill(args: argparse.Namespace) -> None:
-    """Distil a data set and write DIR/distilled.safetensors; print a quick test accuracy."""
-    dataset = load_dataset(args.data, label=args.label)
-    archs = _archs(args.arch or ["2-layer"], args.models, dataset)
-    options = _given(
-        args, ["steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr", "seed"]
-    )
-    distiller = Distiller(
-        archs,
-        **options,
-        soft_labels=args.soft_labels,
-        dtype=DTYPES[args.dtype],
-        progress=not args.no_progress,
-    )
-    fit = _given(args, ["outer_epochs", "batch_size"])
-    data = distiller.fit(dataset.x_train, dataset.y_train, **fit)
-    data.config.update(data=args.data, label=args.label)
+    """Distil a data set into DIR/distilled.safetensors (and DIR/grid.png for images); test
+    fresh models trained on it beside the same network trained on the full training split."""
+    dataset = load_dataset(args.data, root=args.data_root, label=args.label)
+    kind = defaults_for(dataset.is_image)
+    archs = _archs(args.arch or [kind.arch], args.models, dataset, kind.models)
+    options = {**kind.distiller(), **_given(
+        args, ["steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr", "seed", "init"])}
+    if args.inits < 0:
+        raise ValueError(f"--inits must be >= 0, got {args.inits}")
+    distiller = Distiller(archs, **options, theta0=args.theta0, soft_labels=args.soft_labels,
+                          dtype=DTYPES[args.dtype], device=args.device, progress=not args.no_progress)
+    start = time.perf_counter()
+    data = distiller.fit(dataset.x_train, dataset.y_train, **_fit_options(args, dataset))
+    seconds = time.perf_counter() - start
+    data.config.update(_data_config(args, dataset))
     path = data.save(args.out / DATA_FILE)
-    print(
-        f"wrote {path}: x {list(data.x.shape)}, {data.lrs.numel()} learning rates, final outer loss {data.history[-1]:.4f}"
-    )
-    for name in dict.fromkeys(data.config["archs"]):
-        factory = mlp(name, dataset.in_features, dataset.out_features)
-        acc = distilled_accuracies(data, dataset, factory, None)[0]
-        print(f"a fresh {name} trained on it: test accuracy {acc:.3f}")
+    print(f"wrote {path}: x {list(data.x.shape)}, {data.lrs.numel()} learning rates, "
+          f"final outer loss {data.history[-1]:.4f}, {seconds:.0f} s")
+    if dataset.is_image:
+        print(f"wrote {data.save_grid(args.out / GRID_FILE)}")
+    if args.inits:
+        _report_accuracy(data, dataset, archs, args)
+
+
+def _report_accuracy(data: DistilledData, dataset: Dataset, archs: list, args: argparse.Namespace) -> None:
+    """Print, per distinct arch, the test accuracy of --inits fresh models trained on ``data`` and
+    of one trained on the full training split (the data kind's baseline)."""
+    baseline = defaults_for(dataset.is_image).baseline
+    for arch in {a.name: a for a in archs}.values():
+        accs = summarize(distilled_accuracies(data, dataset, arch, None, inits=args.inits, device=args.device))
+        full = baseline_accuracies(dataset, arch, inits=1, device=args.device, **baseline)[0]
+        print(f"{arch.name}: {args.inits} fresh models trained on the distilled data: test accuracy "
+              f"{accs['mean']:.3f} ± {accs['std']:.3f}; trained on the full training split: {full:.3f}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -286,39 +368,35 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     name = args.data or data.config.get("data")
     if name is None:
         raise ValueError(f"evaluate: {path} does not record its data set; pass --data")
-    dataset = load_dataset(name, label=args.label or data.config.get("label"))
-    archs = {arch: mlp(arch, dataset.in_features, dataset.out_features) for arch in args.test_arch}
+    root = args.data_root or data.config.get("data_root")
+    dataset = load_dataset(name, root=root, label=args.label or data.config.get("label"))
+    default_archs = list(dict.fromkeys(data.config.get("archs", []))) if dataset.is_image else None
+    names = args.test_arch or default_archs or ["1-layer", "2-layer", "4-layer"]
+    archs = {arch: check_arch(arch, dataset.in_shape, dataset.classes) for arch in names}
     unknown = [s for s in args.strategy if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"evaluate: unknown strategy {unknown[0]!r}; expected one of {list(STRATEGIES)}")
-    table = {
-        strategy: {
-            arch: summarize(
-                distilled_accuracies(
-                    data,
-                    dataset,
-                    factory,
-                    strategy,
-                    inits=args.inits,
-                    seed=args.seed,
-                    total_epochs=args.total_epochs,
-                )
-            )
-            for arch, factory in archs.items()
-        }
-        for strategy in args.strategy
-    }
+    for option in ("inits", "total_epochs", "baseline_inits", "baseline_epochs"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    cells = [(strategy, arch) for strategy in args.strategy for arch in archs]
+    table: dict[str, dict] = {strategy: {} for strategy in args.strategy}
+    for strategy, arch in tqdm(cells, desc="evaluate", unit="cell", leave=False, disable=args.no_progress):
+        table[strategy][arch] = summarize(distilled_accuracies(
+            data, dataset, archs[arch], strategy, inits=args.inits, seed=args.seed,
+            total_epochs=args.total_epochs, device=args.device))
     result = {"data": name, "file": str(path), "inits": args.inits, "table": table}
     print(markdown_table(["strategy", *archs], strategy_table(table)))
     if args.baseline:
+        training = {**defaults_for(dataset.is_image).baseline, **_given(args, ["baseline_epochs"])}
+        training["epochs"] = training.pop("baseline_epochs", training["epochs"])
         result["baseline"] = {
-            arch: summarize(
-                baseline_accuracies(dataset, factory, inits=args.baseline_inits, epochs=args.baseline_epochs)
-            )
+            arch: summarize(baseline_accuracies(dataset, factory, inits=args.baseline_inits, device=args.device,
+                                                **training))
             for arch, factory in archs.items()
         }
         print("\nfull-data baseline:\n" + baseline_table(result["baseline"]))
-    write_json_atomic(path.parent / "evaluation.json", result)
+    print(f"wrote {write_json_atomic(path.parent / 'evaluation.json', result)}")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:

@@ -128,12 +128,15 @@ def distilled_accuracies(
     *,
     inits: int = 1,
     seed: int = 0,
+    device: str | torch.device | None = None,
     **strategy_constants: float,
 ) -> list[float]:
     """Test accuracies of models trained on ``data``: model i is ``train_on(…, seed + i)``."""
     return [
         accuracy(
-            train_on(data, arch, strategy, seed + i, **strategy_constants), dataset.x_test, dataset.y_test
+            train_on(data, arch, strategy, seed + i, device=device, **strategy_constants),
+            dataset.x_test,
+            dataset.y_test,
         )
         for i in range(inits)
     ]

@@ -55,7 +55,7 @@ def grid_png(
     images = display_images(x, mean, std)
     rates = lrs.detach().cpu().reshape(-1, steps)  # [e, s]
     cell = 1.1 if x.shape[-1] <= 16 else 1.3
-    figure = Figure(figsize=(1.6 + cell * objects, 0.4 + cell * steps))
+    figure = Figure(figsize=(1.6 + cell * objects, 0.6 + cell * steps), layout="constrained")
     axes = figure.subplots(steps, objects, squeeze=False)
     for i in range(steps):
         order = torch.argsort(ids[i], stable=True)

@@ -154,6 +154,8 @@ def train_on(
     arch: Callable[[], nn.Module],
     strategy: str | None = None,
     seed: int = 0,
+    *,
+    device: str | torch.device | None = None,
     **strategy_constants: float,
 ) -> nn.Module:
     """Train a fresh model on distilled data with the learned schedule or strategy 1–3.
@@ -164,6 +166,7 @@ def train_on(
       strategy: None/"none" (the learned rates once), "s1", "s2" or "s3" (see the module doc).
       seed: seed of the initialisation θ0; data distilled with ``theta0="fixed"`` ignores it and
         starts from the fixed θ0 of its first internal model (``config["theta0_seeds"][0]``).
+      device: where to train (default: where ``data.x`` is).
       **strategy_constants: overrides of the paper's constants, as in :func:`schedule`
         (``total_epochs=50, eta0=0.3, warmup=1.1, warmup_epochs=10, decay1=0.95, decay=0.98``).
 
@@ -172,5 +175,6 @@ def train_on(
     """
     lrs = schedule(data, strategy, **strategy_constants)
     fixed = data.config.get("theta0_seeds")
-    model = fresh_model(arch, fixed[0] if fixed else seed, dtype=data.x.dtype).to(data.x.device)
-    return run_inner_loop(model, data.x, data.y, lrs, data.momentum)
+    device = data.x.device if device is None else torch.device(device)
+    model = fresh_model(arch, fixed[0] if fixed else seed, dtype=data.x.dtype).to(device)
+    return run_inner_loop(model, data.x.to(device), data.y.to(device), lrs, data.momentum)

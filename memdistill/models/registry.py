@@ -196,11 +196,14 @@ def check_arch(name: str, in_shape: tuple[int, ...], classes: int) -> Arch:
       The resolved :class:`Arch`.
 
     Raises:
-      ValueError: the name does not resolve, the model fails on such inputs, or its output is
-        not [1, 1] (2 classes) or [1, classes].
+      ValueError: the name does not resolve, the factory returns no nn.Module, the model fails
+        on such inputs, or its output is not [1, 1] (2 classes) or [1, classes].
     """
     arch = resolve_arch(name, in_shape, classes)
-    model = fresh_model(arch, 0).eval()
+    try:
+        model = fresh_model(arch, 0).eval()
+    except TypeError as error:
+        raise ValueError(str(error)) from None
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *arch.in_shape))
