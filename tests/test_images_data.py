@@ -120,6 +120,14 @@ def test_mnist_idx_files_plain_or_gzipped_in_each_layout(tmp_path, gz, layout):
     assert_standardised(data)
 
 
+def test_mnist_idx_files_in_their_dotted_spelling(tmp_path):
+    arrays = write_mnist(tmp_path / "other")
+    for file in MNIST_FILES:  # train-images.idx3-ubyte, as some mirrors publish them
+        (tmp_path / "other" / file).rename(tmp_path / file.replace("-idx", ".idx"))
+    data = load_dataset("mnist", root=tmp_path)
+    assert data.y_train.tolist() == arrays[1].tolist() and data.x_test.shape == (4, 1, 5, 4)
+
+
 def test_fashion_mnist_names_and_the_environment_variable(tmp_path, monkeypatch):
     write_mnist(tmp_path / "fashion-mnist", gz=True)
     monkeypatch.setenv("MEMDISTILL_DATA", str(tmp_path))

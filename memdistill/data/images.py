@@ -457,10 +457,15 @@ def _expected(source: _Source) -> list[str]:
 
 
 def _find_file(folder: Path, file: str, gzipped: bool) -> Path | None:
-    """folder/file, else folder/file.gz when allowed, else None."""
-    for candidate in (folder / file, folder / f"{file}.gz") if gzipped else (folder / file,):
-        if candidate.is_file():
-            return candidate
+    """folder/file, else folder/file.gz when allowed, else None. An IDX name is also found in
+    its other published spelling (``train-images.idx3-ubyte`` for ``train-images-idx3-ubyte``)."""
+    names = [file]
+    if "-idx" in file:
+        names.append(file.replace("-idx", ".idx"))
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz") if gzipped else (folder / name,):
+            if candidate.is_file():
+                return candidate
     return None
 
 
