@@ -100,3 +100,12 @@ def max_rel_error(hg, ref, floor: float = 1e-5) -> float:
     params = [(hg.grad_params[k] - b).norm().item() / max(b.norm().item(), floor * whole, 1e-300)
               for k, b in ref.grad_params.items()]
     return max([rel(a, b) for a, b in pairs] + params)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=CUDA)])
+def device(request) -> str:
+    """Every device a test should pass on: the CPU, and CUDA where there is one."""
+    return request.param

@@ -49,14 +49,16 @@ def test_real_init_repeats_only_when_a_class_has_too_few_objects():
     assert len(distinct) == 6
 
 
-def test_distiller_on_images_real_init_learns_and_keeps_the_shape():
+def test_distiller_on_images_real_init_learns_and_keeps_the_shape(device):
     x, y = images()
     distiller = Distiller([TinyConv()], steps=3, epochs=2, per_class=1, init="real", init_lr=0.1,
-                          outer_lr=0.05, progress=False)
-    data = distiller.fit(x, y, outer_epochs=8, batch_size=30)
-    assert data.x.shape == (3, 3, 1, 4, 4) and data.lrs.shape == (6,)
+                          outer_lr=0.05, progress=False, device=device)
+    data = distiller.fit(x.to(device), y.to(device), outer_epochs=8, batch_size=30)
+    assert data.x.shape == (3, 3, 1, 4, 4) and data.lrs.shape == (6,) and data.x.device.type == "cpu"
     assert data.config["init"] == "real" and data.config["theta0"] == "random"
     assert sum(data.history[-4:]) < sum(data.history[:4])
+    model = train_on(data, TinyConv(), seed=0, device=device)
+    assert next(model.parameters()).device.type == device
 
 
 def test_fixed_theta0_is_one_init_for_the_whole_run_and_train_on_starts_from_it():
