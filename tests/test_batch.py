@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 
 from memdistill.apps import jobfile
 from memdistill.apps.batch import DATA_FILE, METRICS_FILE, assign, run_batch
@@ -93,7 +94,8 @@ def test_cli_rejects_a_bad_file_before_any_work(tmp_path, capsys):
         main(["batch", str(job), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert (
-        "memdistill batch: error: job.toml: jobs[0].method: unknown method 'adjiont'"
+        "memdistill batch: error: job.toml: jobs[0].method: expected one of 'autograd', 'replay', 'checkpoint' or "
+        "'reversible', got 'adjiont'"
         in capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
@@ -186,6 +188,69 @@ def test_resume_evaluates_saved_data_and_refuses_data_of_another_config(single, 
         run_batch(changed, copy, resume=True, progress=False)
     monkeypatch.setattr("memdistill.apps.batch.Distiller", None)  # the saved data are only evaluated
     assert run_batch(job, copy, resume=True, progress=False)["jobs"] == summary["jobs"]
+
+
+# ---- image data ----
+
+IMAGE_JOB = """
+[[jobs]]
+data = "digits-images"
+archs = ["lenet"]
+steps = 2
+epochs = 1
+per_class = 1
+outer_steps = 3
+[jobs.evaluate]
+inits = 1
+strategies = ["none"]
+"""
+
+
+def test_image_job_writes_its_data_metrics_and_grid(tmp_path):
+    start = time.perf_counter()
+    summary = run_batch(write(tmp_path / "job.toml", IMAGE_JOB), tmp_path / "out", progress=False)
+    seconds = time.perf_counter() - start
+    folder = tmp_path / "out" / "digits-images-lenet-r0"
+    data = DistilledData.load(folder / DATA_FILE)
+    assert data.x.shape == (2, 10, 1, 8, 8) and len(data.history) == 3  # outer_steps, not outer_epochs
+    assert data.config["archs"] == ["lenet"] * 3 and data.config["outer_steps"] == 3
+    assert data.config["data"] == "digits-images" and data.config["class_names"] == [str(c) for c in range(10)]
+    assert len(data.config["mean"]) == len(data.config["std"]) == 1  # one channel
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    assert list(metrics["accuracies"]) == ["none"] and list(metrics["accuracies"]["none"]) == ["lenet"]  # the archs
+    assert len(metrics["accuracies"]["none"]["lenet"]) == 1 and metrics["config"]["evaluate"]["test_archs"] is None
+    assert metrics["figures"] == ["lrs.png", "accuracy.png", "grid.png"]
+    assert not (folder / "synthetic.png").exists()
+    with Image.open(folder / "grid.png") as grid:
+        assert grid.format == "PNG" and grid.width > 0 and grid.height > 0
+    assert summary["failed"] == {} and list(summary["jobs"]) == ["digits-images-lenet-r0"]
+    assert seconds < 60, seconds
+
+
+@pytest.mark.parametrize(
+    "job, message",
+    [
+        ('[[jobs]]\narchs = ["lenet"]\n', "job.toml: jobs[0].archs[0]: arch 'lenet' cannot be built for in_shape [2]"),
+        (
+            '[[jobs]]\nname = "x"\narchs = ["torch.nn:Identity"]\n',
+            "job.toml: jobs[0].archs[0]: arch 'torch.nn:Identity' on inputs of shape [2] produced [1, 2]",
+        ),
+        (
+            '[[jobs]]\n[jobs.evaluate]\ntest_archs = ["2-layer", "convnet"]\n',
+            "job.toml: jobs[0].evaluate.test_archs[1]: arch 'convnet' cannot be built",
+        ),
+        pytest.param(
+            '[[jobs]]\ndevice = "cuda"\n',
+            "job.toml: jobs[0].device: 'cuda', but torch sees no CUDA device here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there"),
+        ),
+    ],
+)
+def test_archs_that_do_not_fit_the_data_are_refused_before_any_work(tmp_path, job, message):
+    with pytest.raises(ValueError) as error:
+        run_batch(write(tmp_path / "job.toml", job), tmp_path / "out", progress=False)
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "out").exists()
 
 
 # ---- two gloo processes ----

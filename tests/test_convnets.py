@@ -175,7 +175,7 @@ def test_import_string(user_module):
     ("broken_archs:f", (2,), ValueError, "cannot import module 'broken_archs'.*RuntimeError: boom at import"),
     ("user_archs:missing", (2,), ValueError, "module 'user_archs' has no attribute 'missing'"),
     ("user_archs:VALUE", (2,), ValueError, "'user_archs:VALUE' is a int, not a function"),
-    ("user_archs:not_a_module", (2,), TypeError, "arch 'user_archs:not_a_module': the factory returned int.*nn.Module"),
+    ("user_archs:not_a_module", (2,), ValueError, "arch 'user_archs:not_a_module': the factory returned int.*nn.Module"),
     ("user_archs:wide", (1, 8, 8), ValueError,
      "arch 'user_archs:wide' on inputs of shape \\[1, 8, 8\\] produced \\[1, 4\\]; expected \\[1, 3\\]"),
     ("user_archs:vector_only", (3, 6, 6), ValueError,

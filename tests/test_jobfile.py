@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from memdistill.apps import jobfile
+from memdistill.apps.batch import runs
 from memdistill.apps.reproduce import Protocol
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -33,22 +34,25 @@ BAD_FILES = [
     ("jobs = [1]\n", "jobs[0]: expected a table, got 1"),
     (
         '[[jobs]]\nmethod = "adjiont"\n',
-        "jobs[0].method: unknown method 'adjiont'; expected one of ['autograd'",
+        "jobs[0].method: expected one of 'autograd', 'replay', 'checkpoint' or 'reversible', got 'adjiont'",
     ),
     ("[[jobs]]\nstesp = 3\n", "jobs[0].stesp: unknown key (did you mean 'steps'?)"),
     ('[[jobs]]\nsteps = "3"\n', "jobs[0].steps: expected an integer, got '3' (str)"),
     ("[[jobs]]\nsteps = true\n", "jobs[0].steps: expected an integer, got True (bool)"),
     ("[[jobs]]\nsteps = 0\n", "jobs[0].steps: must be >= 1, got 0"),
-    ("[[jobs]]\nmomentum = 1\n", "jobs[0].momentum: must be in [0, 1), got 1"),
-    ("[[jobs]]\nouter_lr = -0.1\n", "jobs[0].outer_lr: must be positive and finite, got -0.1"),
+    ("[[jobs]]\nmomentum = 1\n", "jobs[0].momentum: must be < 1.0, got 1"),
+    ("[[jobs]]\nmomentum = -0.5\n", "jobs[0].momentum: must be >= 0.0, got -0.5"),
+    ("[[jobs]]\nouter_lr = -0.1\n", "jobs[0].outer_lr: must be > 0.0, got -0.1"),
+    ("[[jobs]]\ninit_lr = inf\n", "jobs[0].init_lr: must be finite, got inf"),
     ('[[jobs]]\narchs = "2-layer"\n', "jobs[0].archs: expected a non-empty list of strings, got '2-layer'"),
-    ('[[jobs]]\narchs = ["2-layer", "3layer"]\n', "jobs[0].archs[1]: unknown architecture '3layer'"),
+    ('[[jobs]]\narchs = ["2-layer", "3layer"]\n', "jobs[0].archs[1]: unknown arch name '3layer'; expected one of"),
     ('[[jobs]]\ndata = "moon"\n', "jobs[0].data: unknown data set 'moon'; expected one of ['moons'"),
     ('[[jobs]]\ndata = "missing.csv"\n', "jobs[0].data: no CSV file at"),
     ('[[jobs]]\ndata = "missing.csv"\n', "jobs[0].label: required with the CSV data 'missing.csv'"),
+    ('[[jobs]]\ndata = "missing.npz"\n', "jobs[0].data: no NPZ file at"),
     (
         '[[jobs]]\ndtype = "float16"\n',
-        "jobs[0].dtype: unknown dtype 'float16'; expected one of ['float32', 'float64']",
+        "jobs[0].dtype: expected one of 'float32' or 'float64', got 'float16'",
     ),
     (
         '[[jobs]]\narchs = ["1-layer", "2-layer"]\nmodels = 3\n',
@@ -60,12 +64,12 @@ BAD_FILES = [
     ),
     (
         '[[jobs]]\n[[jobs]]\n[jobs.evaluate]\nstrategies = ["s4"]\n',
-        "jobs[1].evaluate.strategies[0]: unknown strategy 's4'",
+        "jobs[1].evaluate.strategies[0]: expected one of 'none', 's1', 's2' or 's3', got 's4'",
     ),
     ("[[jobs]]\n[jobs.evaluate]\nint = 3\n", "jobs[0].evaluate.int: unknown key (did you mean 'inits'?)"),
     (
         '[evaluate]\ntest_archs = ["5layer"]\n[[jobs]]\n',
-        "evaluate.test_archs[0]: unknown architecture '5layer'",
+        "evaluate.test_archs[0]: unknown arch name '5layer'",
     ),
     ('[defaults]\nname = "x"\n[[jobs]]\n', "defaults.name: unknown key"),
     ("[defaults]\nseed = -1\n[[jobs]]\n", "defaults.seed: must be >= 0, got -1"),
@@ -109,7 +113,7 @@ def test_jobs_runs_names_seeds_and_defaults(tmp_path):
         "points-1-layer+4-layer-r0",
     ]
     assert [job.seed for job in parsed.jobs] == [10, 11, 12, 13, 14, 10]
-    assert [(run.first, run.count) for run in parsed.runs] == [(0, 2), (2, 2), (4, 1), (0, 1)]
+    assert [(run.first, run.count) for run in runs(parsed)] == [(0, 2), (2, 2), (4, 1), (0, 1)]
     first, second = parsed.configs
     assert first.internal_archs == ("2-layer",) * 3 and second.internal_archs == ("1-layer", "4-layer")
     assert (
@@ -118,7 +122,7 @@ def test_jobs_runs_names_seeds_and_defaults(tmp_path):
         and first.evaluate.strategies == ("none", "s1", "s2", "s3")
     )
     assert second.data == str((tmp_path / "points.csv").resolve())
-    assert set(first.record()) == set(jobfile.Config.model_fields) - {"save_every"}
+    assert set(first.record()) == set(jobfile.Config.model_fields) - {"save_every", "data_root"}
     assert (first.index, second.index) == (0, 1)
 
 
@@ -136,18 +140,18 @@ def test_unknown_keys_with_suggestions_at_every_level(tmp_path):
     text = "datta_parallel = true\n[evaluate]\ninit = 2\n[[jobs]]\nbatchsize = 8\n[jobs.evaluate]\nfigure = false\n"
     lines = problems(text, tmp_path)
     assert [line.split(" (did you mean ")[1].split("?")[0] for line in lines] == [
-        "'data_parallel'",
         "'inits'",
         "'figures'",
         "'batch_size'",
+        "'data_parallel'",
     ]
     assert [line.split(": ")[1] for line in lines] == [
-        "datta_parallel",
         "evaluate.init",
         "jobs[0].evaluate.figure",
         "jobs[0].batchsize",
+        "datta_parallel",
     ]
-    assert lines[0].endswith("expected one of ['data_parallel', 'defaults', 'evaluate', 'jobs']")
+    assert lines[-1].endswith("expected one of ['data_parallel', 'defaults', 'evaluate', 'jobs']")
 
 
 def test_wrong_types(tmp_path):
@@ -175,12 +179,14 @@ def test_bad_values(tmp_path):
     assert lines[0].startswith("job.toml: jobs[0].data: unknown data set 'moon'; expected one of ['moons', ")
     assert lines[1:] == [
         "job.toml: jobs[0].archs: expected a non-empty list of strings, got []",
-        "job.toml: jobs[0].init_lr: must be positive and finite, got nan",
+        "job.toml: jobs[0].init_lr: must be finite, got nan",
         "job.toml: jobs[0].batch_size: must be >= 1, got 0",
-        "job.toml: jobs[0].dtype: unknown dtype 'float16'; expected one of ['float32', 'float64']",
-        "job.toml: jobs[0].evaluate.strategies[1]: unknown strategy 's9'; expected one of ['none', 's1', 's2', 's3']",
-        "job.toml: jobs[0].momentum: method 'reversible' needs momentum > 0, got 0.0",
-    ]
+        "job.toml: jobs[0].dtype: expected one of 'float32' or 'float64', got 'float16'",
+        "job.toml: jobs[0].evaluate.strategies[1]: expected one of 'none', 's1', 's2' or 's3', got 's9'",
+    ]  # problems between keys (here: reversible without momentum) come once each key is valid
+    text = text.replace('data = "moon"', 'data = "moons"').replace("archs = []", 'archs = ["2-layer"]')
+    assert problems(text.replace("nan", "0.1").replace("0\n", "8\n").replace("16", "64").replace("s9", "s3"),
+                    tmp_path) == ["job.toml: jobs[0].momentum: method 'reversible' needs momentum > 0, got 0.0"]
 
 
 def test_duplicate_names_given_or_made(tmp_path):
@@ -188,6 +194,63 @@ def test_duplicate_names_given_or_made(tmp_path):
     assert problems(text, tmp_path) == [
         "job.toml: jobs[2].name: 'moons-2-layer' is already the name of jobs[0]; give each job a distinct name",
         "job.toml: jobs[3].name: 'x' is already the name of jobs[1]; give each job a distinct name",
+    ]
+
+
+# ---- image data, architecture names and the new keys ----
+
+IMAGE_FILES = [
+    ('[[jobs]]\narchs = ["3layer"]\n', "jobs[0].archs[0]: unknown arch name '3layer'; expected one of 'N-layer', "
+     "'mlp[w1,w2,...]', 'lenet', 'convnet', 'convnet-D', 'convnet[depth=D,width=W,norm=N]', or an import string"),
+    ('[[jobs]]\narchs = ["no_such_pkg.nets:tiny"]\n',
+     "jobs[0].archs[0]: cannot import module 'no_such_pkg.nets' of arch 'no_such_pkg.nets:tiny'"),
+    ('[[jobs]]\narchs = ["os.path:no_such_net"]\n', "jobs[0].archs[0]: module 'os.path' has no attribute"),
+    ('[[jobs]]\narchs = ["convnet[norm=foo]"]\n', "jobs[0].archs[0]: convnet: unknown norm 'foo'"),
+    ('[[jobs]]\narchs = ["convnet[depth=x]"]\n', "jobs[0].archs[0]: depth must be a positive integer"),
+    ('[evaluate]\ntest_archs = ["lenet", "os:nope"]\n[[jobs]]\n', "evaluate.test_archs[1]: module 'os' has no"),
+    ('[[jobs]]\ninit = "zeros"\n', "jobs[0].init: expected one of 'noise' or 'real', got 'zeros'"),
+    ('[[jobs]]\ntheta0 = "same"\n', "jobs[0].theta0: expected one of 'random' or 'fixed', got 'same'"),
+    ("[[jobs]]\nouter_steps = 0\n", "jobs[0].outer_steps: must be >= 1, got 0"),
+    ('[[jobs]]\nouter_steps = "3"\n', "jobs[0].outer_steps: expected an integer, got '3' (str)"),
+    ('[[jobs]]\ndevice = "gpu"\n', "jobs[0].device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    ('[[jobs]]\ndata_root = 3\n', "jobs[0].data_root: expected a string, got 3 (int)"),
+    ('[[jobs]]\ndata = "no-such-folder"\n', "jobs[0].data: unknown data set 'no-such-folder'; expected one of "
+     "['moons', 'circles', 'blobs', 'breast_cancer', 'iris', 'wine', 'digits', 'digits-images', 'mnist', "
+     "'fashion-mnist', 'cifar10', 'cifar100'], a .csv/.npz file or an image folder"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, message", IMAGE_FILES, ids=[m.split(":")[0] for _, m in IMAGE_FILES])
+def test_bad_image_job_names_the_key(tmp_path, text, message):
+    assert any(line.startswith(f"job.toml: {message}") for line in problems(text, tmp_path))
+
+
+def test_image_data_archs_and_new_keys(tmp_path):
+    (tmp_path / "shapes" / "circle").mkdir(parents=True)
+    write(tmp_path / "set.npz", "")
+    text = (
+        '[defaults]\ndata_root = "data"\ninit = "real"\ntheta0 = "fixed"\nouter_steps = 3\n'
+        '[[jobs]]\nname = "m"\ndata = "mnist"\narchs = ["lenet", "convnet-2", "convnet[depth=2,width=8,norm=batch]"]\n'
+        'device = "cuda:1"\n'
+        '[[jobs]]\nname = "f"\ndata = "shapes"\narchs = ["lenet", "torch.nn:Identity"]\ndevice = "cuda"\n'
+        '[[jobs]]\ndata = "set.npz"\ninit = "noise"\n'
+        '[[jobs]]\ndata = "digits-images"\n[jobs.evaluate]\ntest_archs = ["lenet"]\n'
+    )
+    mnist, folder, npz, digits = jobfile.parse(text, tmp_path / "job.toml").configs
+    assert [c.name for c in (mnist, folder, npz, digits)] == ["m", "f", "set-2-layer", "digits-images-2-layer"]
+    assert mnist.data == "mnist" and mnist.data_root == str((tmp_path / "data").resolve())
+    assert folder.data == str((tmp_path / "shapes").resolve()) and npz.data == str((tmp_path / "set.npz").resolve())
+    assert (mnist.init, mnist.theta0, mnist.outer_steps, mnist.device) == ("real", "fixed", 3, "cuda:1")
+    assert (npz.init, folder.device, npz.device) == ("noise", "cuda", "cpu")
+    assert digits.evaluate.test_archs == ("lenet",) and npz.evaluate.test_archs is None
+    assert "data_root" not in mnist.record() and mnist.record()["outer_steps"] == 3
+
+
+def test_a_bad_default_is_reported_once_and_the_jobs_still_checked(tmp_path):
+    text = '[defaults]\ninit = "zeros"\n[[jobs]]\n[[jobs]]\narchs = ["1-layer", "2-layer"]\nmodels = 3\n'
+    assert problems(text, tmp_path) == [
+        "job.toml: defaults.init: expected one of 'noise' or 'real', got 'zeros'",
+        "job.toml: jobs[1].models: 3 does not match the 2 archs (one model each); leave it out or set it to 2",
     ]
 
 
@@ -199,7 +262,11 @@ def test_defaults_are_the_papers_protocol():
     for key in ("data", "steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr"):
         assert getattr(config, key) == getattr(paper, key), key
     assert (config.outer_epochs, config.batch_size, config.seed) == (paper.outer_epochs, paper.batch_size, paper.seed)
-    assert config.evaluate == jobfile.Evaluation(test_archs=paper.archs, inits=paper.eval_inits)
+    assert config.evaluate == jobfile.Evaluation(inits=paper.eval_inits)
+    assert config.evaluate.test_archs is None  # the batch's default: the paper's MLPs (tabular), the archs (images)
+    assert (config.init, config.theta0, config.device, config.outer_steps, config.data_root) == (
+        "noise", "random", "cpu", None, None
+    )
     assert (config.name, config.archs, config.models, config.restarts, config.save_every) == (
         "moons-2-layer",
         ("2-layer",),

@@ -1,7 +1,8 @@
 """``memdistill batch``: the jobs of a job file, sharded over torch.distributed ranks, resumable.
 
-The unit of work is a *run* (:class:`memdistill.apps.jobfile.Run`): some restarts of one config
-distilled together by one :class:`memdistill.Distiller` (``restarts=R``). Two modes:
+The unit of work is a *run* (:class:`Run`): some restarts of one config (a job file's
+:class:`memdistill.apps.jobfile.Config`) distilled together by one :class:`memdistill.Distiller`
+(``restarts=R``), ``batch_restarts`` at a time. Two modes:
 
 - **sharding** (default): the runs are dealt to the ranks by :func:`assign` (longest first,
   each to the least loaded rank); each rank distils, evaluates and writes its own runs.
@@ -14,9 +15,16 @@ the same number of torch threads per process). Without a process group (a plain 
 world is one rank; under ``torchrun`` the group is joined from ``env://`` (gloo on CPU, nccl
 with CUDA).
 
-Outputs, all written atomically: ``OUT/<job>/distilled.safetensors``, ``metrics.json`` (test
-accuracies per strategy × test architecture: mean, std, ci95, and the raw values), PNG
-figures; ``OUT/summary.json`` and ``OUT/summary.md`` (rank 0, after every rank is done).
+Outputs, all written atomically: ``OUT/<job>/distilled.safetensors`` (its config also records the
+data set, its per-feature or per-channel ``mean``/``std`` and ``class_names``), ``metrics.json`` (test
+accuracies per strategy × test architecture: mean, std, ci95, and the raw values), PNG figures
+(lrs.png, accuracy.png, and synthetic.png for 2 features or grid.png for images);
+``OUT/summary.json`` and ``OUT/summary.md`` (rank 0, after every rank is done).
+
+Architectures are names of :func:`memdistill.models.resolve_arch`, built for the data's input shape
+and classes (each is built once on the data before any work). Test architectures default to the
+paper's MLPs on tabular data and to the job's own ``archs`` on images. Each job distils on its
+``device`` (``cuda``: this rank's GPU); the evaluation runs there too.
 
 Resume (``resume=True``): a job is finished when its ``metrics.json`` exists, and is skipped;
 a run whose jobs all hold their distilled data is only evaluated; any other run continues its
@@ -35,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +52,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from memdistill.apps import figures
-from memdistill.apps.jobfile import Evaluation, Job, JobFile, Run, read
+from memdistill.apps.jobfile import PAPER, Config, Evaluation, Job, JobFile, read
 from memdistill.apps.report import markdown_table, strategy_table
 from memdistill.atomic import write_json_atomic, write_text_atomic
 from memdistill.data import Dataset, load_dataset
 from memdistill.distill.distilled import DistilledData
 from memdistill.distill.distiller import Distiller
 from memdistill.distill.evaluation import distilled_accuracies, summarize_table
-from memdistill.models import mlp
+from memdistill.models import check_arch, resolve_arch
 
 DATA_FILE = "distilled.safetensors"
 METRICS_FILE = "metrics.json"
@@ -86,13 +95,10 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def device() -> torch.device:
-    """Where this rank distils: its CUDA device when there is one, else the CPU."""
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+def device(name: str = "cpu") -> torch.device:
+    """The torch device of a job's ``device`` key: ``"cuda"`` is this rank's GPU (under torchrun the
+    one of its LOCAL_RANK), ``"cuda:N"`` GPU N, ``"cpu"`` the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def all_ranks(value: Any) -> list[Any]:
@@ -108,10 +114,30 @@ def all_ranks(value: Any) -> list[Any]:
 # ---- planning ----
 
 
+@dataclass(frozen=True)
+class Run:
+    """Restarts ``first … first + count − 1`` of ``config``, batched in one Distiller."""
+
+    config: Config
+    first: int
+    count: int
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        """The jobs whose results this run computes."""
+        return tuple(Job(self.config, r) for r in range(self.first, self.first + self.count))
+
+
+def runs(job_file: JobFile) -> list[Run]:
+    """The units of work, in file order: each config's restarts in groups of ``batch_restarts``."""
+    sizes = [(c, min(c.batch_restarts or c.restarts, c.restarts)) for c in job_file.configs]
+    return [Run(c, first, min(n, c.restarts - first)) for c, n in sizes for first in range(0, c.restarts, n)]
+
+
 def run_cost(run: Run, train_size: int) -> int:
     """Inner steps the run computes: restarts × m × s·e × outer steps (a proxy of its time)."""
     config = run.config
-    outer_steps = config.outer_epochs * math.ceil(train_size / config.batch_size)
+    outer_steps = config.outer_steps or config.outer_epochs * math.ceil(train_size / config.batch_size)
     return run.count * len(config.internal_archs) * config.steps * config.epochs * outer_steps
 
 
@@ -127,16 +153,41 @@ def assign(costs: Sequence[float], world_size: int) -> list[list[int]]:
     return [sorted(shard) for shard in shards]
 
 
-def load_datasets(job_file: JobFile) -> dict[tuple[str, str | None], Dataset]:
-    """Every distinct (data, label) of the job file, loaded once; an error names the job key."""
-    datasets = {}
+def data_key(config: Config) -> tuple[str, str | None, str | None]:
+    """What loads a config's data set: (data, label, data_root)."""
+    return config.data, config.label, config.data_root
+
+
+def eval_archs(config: Config, dataset: Dataset) -> tuple[str, ...]:
+    """The job's test architectures: ``evaluate.test_archs``, by default the paper's MLPs on
+    tabular data and the job's own (distinct) ``archs`` on images."""
+    default = tuple(dict.fromkeys(config.archs)) if dataset.is_image else PAPER.archs
+    return config.evaluate.test_archs or default
+
+
+def load_datasets(job_file: JobFile) -> dict[tuple[str, str | None, str | None], Dataset]:
+    """Every distinct data set of the job file, loaded once, and every job's archs built on it
+    and its device checked; an error names the job key."""
+    datasets: dict[tuple[str, str | None, str | None], Dataset] = {}
     for config in job_file.configs:
-        key = (config.data, config.label)
-        if key not in datasets:
+        where = f"{job_file.path.name}: jobs[{config.index}]"
+        if (key := data_key(config)) not in datasets:
             try:
-                datasets[key] = load_dataset(config.data, label=config.label)
+                datasets[key] = load_dataset(config.data, root=config.data_root, label=config.label)
             except ValueError as error:
-                raise ValueError(f"{job_file.path.name}: jobs[{config.index}].data: {error}") from None
+                raise ValueError(f"{where}.data: {error}") from None
+        dataset = datasets[key]
+        archs = [("archs", i, name) for i, name in enumerate(config.archs)]
+        archs += [("evaluate.test_archs", i, name) for i, name in enumerate(config.evaluate.test_archs or ())]
+        for field, i, name in archs:
+            try:
+                check_arch(name, dataset.in_shape, dataset.classes)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{where}.{field}[{i}]: {str(error).removeprefix('resolve_arch: ')}") from None
+        if config.device != "cpu" and not torch.cuda.is_available():
+            raise ValueError(f"{where}.device: {config.device!r}, but torch sees no CUDA device here")
+        if config.device.startswith("cuda:") and int(config.device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"{where}.device: {config.device!r}, but torch sees {torch.cuda.device_count()} GPU(s)")
     return datasets
 
 
@@ -204,7 +255,7 @@ def distil(
 ) -> list[DistilledData]:
     """The run's distilled sets (one per restart), continuing its checkpoint when ``resume``."""
     config = run.config
-    archs = [mlp(name, dataset.in_features, dataset.out_features) for name in config.internal_archs]
+    archs = [resolve_arch(name, dataset.in_shape, dataset.classes) for name in config.internal_archs]
     distiller = Distiller(
         archs,
         steps=config.steps,
@@ -218,10 +269,12 @@ def distil(
         soft_labels=config.soft_labels,
         snapshots=config.snapshots,
         dtype=getattr(torch, config.dtype),
-        device=device(),
+        device=device(config.device),
         progress=progress,
         restarts=run.count,
         data_parallel=data_parallel,
+        init=config.init,
+        theta0=config.theta0,
     )
     results = distiller.fit(
         dataset.x_train,
@@ -231,12 +284,16 @@ def distil(
         checkpoint=out / run.jobs[0].name / CHECKPOINT_FILE,
         save_every=config.save_every,
         resume=resume,
+        outer_steps=config.outer_steps,
     )
     for job, data in zip(run.jobs, results):
         data.config = {
             **data.config,
             "data": config.data,
             "label": config.label,
+            "mean": dataset.mean.tolist(),
+            "std": dataset.std.tolist(),
+            "class_names": list(dataset.class_names),
             "job": job.name,
             "restart": job.restart,
             "batch": distillation_record(job),
@@ -244,20 +301,23 @@ def distil(
     return results
 
 
-def evaluate(data: DistilledData, dataset: Dataset, evaluation: Evaluation) -> Accuracies:
-    """Test accuracies of ``evaluation.inits`` fresh models per strategy and test architecture."""
+def evaluate(data: DistilledData, dataset: Dataset, config: Config) -> Accuracies:
+    """Test accuracies of ``evaluate.inits`` fresh models per strategy and test architecture,
+    trained on the job's device."""
+    evaluation: Evaluation = config.evaluate
     return {
         strategy: {
             arch: distilled_accuracies(
                 data,
                 dataset,
-                mlp(arch, dataset.in_features, dataset.out_features),
+                resolve_arch(arch, dataset.in_shape, dataset.classes),
                 strategy,
                 inits=evaluation.inits,
                 seed=evaluation.seed,
+                device=device(config.device),
                 total_epochs=evaluation.total_epochs,
             )
-            for arch in evaluation.test_archs
+            for arch in eval_archs(config, dataset)
         }
         for strategy in evaluation.strategies
     }
@@ -266,7 +326,8 @@ def evaluate(data: DistilledData, dataset: Dataset, evaluation: Evaluation) -> A
 def write_figures(
     folder: Path, name: str, data: DistilledData, accuracies: Accuracies, dataset: Dataset
 ) -> list[str]:
-    """lrs.png, accuracy.png and (2 features) synthetic.png of one job; returns the names."""
+    """lrs.png, accuracy.png and, for images, grid.png (the distilled images) or, for 2 features,
+    synthetic.png of one job; returns the names."""
     plots = {
         "lrs.png": figures.plot_lrs({name: data}),
         "accuracy.png": figures.plot_accuracies(
@@ -276,11 +337,13 @@ def write_figures(
             }
         ),
     }
-    if dataset.in_features == 2:
+    if dataset.in_features == 2 and not dataset.is_image:
         plots["synthetic.png"] = figures.plot_synthetic(dataset, {name: data})
     for file, figure in plots.items():
         figures.save_png(figure, folder / file)
-    return list(plots)
+    if dataset.is_image:
+        data.save_grid(folder / "grid.png")  # un-normalised with the mean, std and class names it records
+    return [*plots, "grid.png"] if dataset.is_image else list(plots)
 
 
 def finish_job(
@@ -288,7 +351,7 @@ def finish_job(
 ) -> dict[str, Any]:
     """Evaluate one job's distilled data, write its figures and (last) its metrics.json."""
     start = time.perf_counter()
-    accuracies = evaluate(data, dataset, job.config.evaluate)
+    accuracies = evaluate(data, dataset, job.config)
     names = (
         write_figures(out / job.name, job.name, data, accuracies, dataset)
         if job.config.evaluate.figures
@@ -451,11 +514,11 @@ def render_summary(summary: dict[str, Any]) -> str:
 def shard(job_file: JobFile, out: Path, datasets: dict, rank: int, world: int) -> tuple[list[int], list[str]]:
     """The indices of the runs this rank takes part in, and every run's :func:`run_status`
     (rank 0's in data-parallel mode, where all ranks must take the same steps)."""
-    runs = job_file.runs
-    statuses = [run_status(run, out) for run in runs]
+    units = runs(job_file)
+    statuses = [run_status(run, out) for run in units]
     if job_file.data_parallel:
-        return list(range(len(runs))), all_ranks(statuses)[0]
-    costs = [run_cost(run, len(datasets[run.config.data, run.config.label].x_train)) for run in runs]
+        return list(range(len(units))), all_ranks(statuses)[0]
+    costs = [run_cost(run, len(datasets[data_key(run.config)].x_train)) for run in units]
     return assign(costs, world)[rank], statuses
 
 
@@ -498,13 +561,13 @@ def run_batch(
     problems = sorted({p for ps in all_ranks(folder_problems(job_file.jobs, out, resume)) for p in ps})
     if problems:
         raise ValueError("\n".join(problems))
-    runs, (mine, statuses) = job_file.runs, shard(job_file, out, datasets, rank, world)
+    units, (mine, statuses) = runs(job_file), shard(job_file, out, datasets, rank, world)
     writer = rank == 0 or not job_file.data_parallel
     metrics, failed = [], {}
     with (
         overall_bar(out, job_file.jobs, enabled=progress and rank == 0 and world > 1, position=0),
         tqdm(
-            total=sum(runs[i].count for i in mine),
+            total=sum(units[i].count for i in mine),
             desc=f"rank {rank}" if world > 1 else "batch",
             unit="job",
             position=rank + (world > 1),
@@ -512,13 +575,13 @@ def run_batch(
         ) as bar,
     ):
         for i in mine:
-            run = runs[i]
+            run = units[i]
             bar.set_postfix_str(run.jobs[0].name + ("" if run.count == 1 else f"…r{run.jobs[-1].restart}"))
             try:
                 metrics += execute(
                     run,
                     statuses[i],
-                    datasets[run.config.data, run.config.label],
+                    datasets[data_key(run.config)],
                     out,
                     resume=resume,
                     data_parallel=job_file.data_parallel,

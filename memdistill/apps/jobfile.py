@@ -1,315 +1,246 @@
-"""Job files of ``memdistill batch``: TOML text → validated configs → concrete jobs and runs.
+"""Job files of ``memdistill batch``: TOML text → validated configs → jobs.
 
-A job file holds an optional ``data_parallel`` switch, ``[defaults]`` (any job key but name, for
-every job), ``[evaluate]`` (how every result is tested) and one ``[[jobs]]`` table per config,
-each with optional ``[jobs.evaluate]`` overrides. A config with R restarts expands into R jobs
-``<name>-r0 … <name>-r{R−1}`` (restart r uses seed ``seed + r``). The keys, their types, defaults
-and meanings are the fields of the pydantic models below (:func:`schema_table`, in README.md).
-:func:`parse` reports every problem of the file at once, each naming its key path
-(``job.toml: jobs[2].method: unknown method 'adjiont'; expected one of [...]``), before any work
-starts. Relative CSV paths are read relative to the job file's folder.
+A job file holds an optional ``data_parallel`` switch, ``[defaults]`` (any job key but ``name``, for every
+job), ``[evaluate]`` (how every result is tested) and one ``[[jobs]]`` table per config, each with optional
+``[jobs.evaluate]`` overrides. A config with R restarts is the jobs ``<name>-r0 … <name>-r{R−1}`` (restart r
+uses seed ``seed + r``). The keys are the fields of the pydantic models below (:func:`schema_table`, in
+README.md). :func:`parse` reports every problem at once, each at its key path (``job.toml: jobs[2].method:
+expected one of …, got 'adjiont'``), before any work. Relative data paths are read from the file's folder.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomllib
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, ValidationInfo, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from memdistill.apps.reproduce import Protocol
-from memdistill.data import BUNDLED, SYNTHETIC
+from memdistill.data import BUNDLED, IMAGES, SYNTHETIC
+from memdistill.distill.outer import INITS, THETA0
 from memdistill.distill.training import STRATEGIES
 from memdistill.engine.validation import METHODS
-from memdistill.models import mlp
+from memdistill.models import resolve_arch
 
-DTYPES = ("float32", "float64")
-PAPER = Protocol()
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-
-# ---- checks of single values: each returns the problem, or None when the value is fine ----
-
-
-def _check_arch(value: str) -> str | None:
-    try:
-        mlp(value)
-    except ValueError as error:
-        return str(error).removeprefix("mlp: ")
-    return None
+DTYPES, NAMED, FILES, PAPER = ("float32", "float64"), SYNTHETIC + BUNDLED + IMAGES, (".csv", ".npz"), Protocol()
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+NAME_RULE = "must be a folder name of letters, digits and . _ + - (starting with a letter or digit), got {!r}"
+PROBE = (3, 1 << 15, 1 << 15)  # an input shape any valid arch name builds for: parsing checks the names only
 
 
-def _check_data(value: str) -> str | None:
-    if value in SYNTHETIC + BUNDLED or value.endswith(".csv"):
-        return None
-    return f"unknown data set {value!r}; expected one of {list(SYNTHETIC + BUNDLED)} or the path of a .csv file"
+def _check(value: str, info: ValidationInfo) -> str:
+    """A ``name``, ``device``, ``data`` (a data set, or a .csv/.npz file or image folder) or arch name."""
+    problem, key = None, info.field_name
+    if key == "name" and not FOLDER_NAME.fullmatch(value):
+        problem = NAME_RULE.format(value)
+    elif key == "device" and not re.fullmatch(r"cpu|cuda(:[0-9]+)?", value):
+        problem = f"expected 'cpu', 'cuda' or 'cuda:N', got {value!r}"
+    elif key == "data" and value not in NAMED and not value.lower().endswith(FILES):
+        if not (info.context["folder"] / value).is_dir():  # relative paths start at the job file's folder
+            problem = f"unknown data set {value!r}; expected one of {list(NAMED)}, a .csv/.npz file or an image folder"
+    elif key in ("archs", "test_archs"):  # the batch builds each arch on its data before any work
+        try:
+            resolve_arch(value, PROBE, 10)  # imports an import string
+        except ValueError as error:  # what a built-in's builder says is wrong with the name, or the import error
+            problem = str(error.__cause__ if error.__cause__ and ":" not in value else error)
+    if problem:
+        raise ValueError(problem.removeprefix("resolve_arch: "))
+    return value
 
 
-def _check_name(value: str) -> str | None:
-    if _NAME.fullmatch(value):
-        return None
-    return f"must be a folder name of letters, digits and . _ + - (starting with a letter or digit), got {value!r}"
-
-
-def _checked(kind: Any, check: Callable[[Any], str | None]) -> Any:
-    """The type ``kind`` whose values pass ``check`` (else pydantic's ValueError of the problem)."""
-
-    def validate(value: Any) -> Any:
-        if problem := check(value):
-            raise ValueError(problem)
-        return value
-
-    return Annotated[kind, AfterValidator(validate)]
-
-
-def _one_of(what: str, choices: tuple[str, ...]) -> Any:
-    return _checked(str, lambda v: None if v in choices else f"unknown {what} {v!r}; expected one of {list(choices)}")
-
-
-def _list(item: Any) -> Any:
-    """A non-empty TOML list of ``item`` values, kept as a tuple."""
-    return Annotated[tuple[item, ...], Field(min_length=1, strict=False)]
-
-
-Count, Seed = Annotated[int, Field(ge=1)], Annotated[int, Field(ge=0)]
-Rate = _checked(float, lambda v: None if math.isfinite(v) and v > 0 else f"must be positive and finite, got {v}")
-Momentum = _checked(float, lambda v: None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}")
-Archs = _list(_checked(str, _check_arch))
-DataSet, Name = _checked(str, _check_data), _checked(str, _check_name)
-Method, Dtype, Strategies = _one_of("method", METHODS), _one_of("dtype", DTYPES), _list(_one_of("strategy", STRATEGIES))
+Checked, Count, Seed = Annotated[str, AfterValidator(_check)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=0)]
+Archs = Annotated[tuple[Checked, ...], Field(min_length=1, strict=False)]
+Strategies = Annotated[tuple[Literal[STRATEGIES], ...], Field(min_length=1, strict=False)]
+Rate, Momentum = Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(ge=0, lt=1)]
 
 
 class _Table(BaseModel):
     """A TOML table: unknown keys, and values of another type, are errors (an int is a number, a bool no int)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = {"extra": "forbid", "frozen": True, "strict": True}
 
 
 class Evaluation(_Table):
     """``[evaluate]`` (and a job's ``[jobs.evaluate]`` overrides): how each distilled set is tested."""
 
-    test_archs: Archs = Field(PAPER.archs, description="architectures of the fresh test models")
+    test_archs: Archs | None = Field(None, description="the fresh test models' archs; default: the paper's MLPs "
+                                     f"{', '.join(PAPER.archs)} (tabular), the job's `archs` (images)")  # fmt: skip
     strategies: Strategies = Field(STRATEGIES, description="their training strategies (memdistill.distill.training)")
     inits: Count = Field(PAPER.eval_inits, description="fresh models per strategy and architecture")
     total_epochs: Count = Field(PAPER.total_epochs, description="epochs each test model trains")
     seed: Seed = Field(0, description="seed of the first test model (the next: seed + 1, …)")
-    figures: bool = Field(True, description="also draw the job's PNG figures (about 1.5 s per job)")
+    figures: bool = Field(True, description="also draw the job's PNGs (images: grid.png; about 1.5 s a job)")
 
 
 class Settings(_Table):
     """The keys of ``[defaults]`` and of every ``[[jobs]]`` table: Distiller and fit arguments, restarts."""
 
-    data: DataSet = Field(PAPER.data, description="a data set (`moons`, `iris`, …) or a .csv file's path (relative)")
+    data: Checked = Field(PAPER.data, description="a data set (`moons`, `mnist`, …), .csv/.npz file or image folder")
+    data_root: str | None = Field(None, description="folder of mnist/cifar files (relative; default $MEMDISTILL_DATA)")
     label: str | None = Field(None, description="the label column of CSV data (required with it)")
-    archs: Archs = Field(("2-layer",), description="the internal models, each `N-layer` or `mlp[w1,w2,…]`")
+    archs: Archs = Field(("2-layer",), description="internal models: `N-layer`, `mlp[w1,…]`, `lenet`, `convnet[-D]`, "
+                         "`convnet[depth=D,width=W,norm=N]` or `package.module:function`")  # fmt: skip
     models: Count | None = Field(None, description="copies of a single arch (default 3); several archs: one each")
     steps: Count = Field(PAPER.steps, description="s, synthetic batches (inner steps) per internal epoch")
     epochs: Count = Field(PAPER.epochs, description="e, internal epochs: the inner loop runs s·e steps")
     per_class: Count = Field(PAPER.per_class, description="synthetic objects of each class per step")
-    method: Method = Field(PAPER.method, description=f"hypergradient method: {', '.join(METHODS)}")
+    method: Literal[METHODS] = Field(PAPER.method, description="hypergradient method")
     momentum: Momentum = Field(PAPER.momentum, description="γ of the inner SGD, in [0, 1); `reversible` needs γ > 0")
     snapshots: Count | None = Field(None, description="stored states of `checkpoint` (default √(s·e) segments)")
-    init_lr: Rate = Field(PAPER.init_lr, description="initial value of every learned learning rate, > 0")
-    outer_lr: Rate = Field(PAPER.outer_lr, description="Adam's learning rate in the outer loop, > 0")
+    init_lr: Rate = Field(PAPER.init_lr, description="initial value of every learned learning rate")
+    outer_lr: Rate = Field(PAPER.outer_lr, description="Adam's learning rate in the outer loop")
     outer_epochs: Count = Field(PAPER.outer_epochs, description="passes over the real data")
+    outer_steps: Count | None = Field(None, description="exactly this many outer steps instead of `outer_epochs`")
     batch_size: Count = Field(PAPER.batch_size, description="real objects per outer step")
     soft_labels: bool = Field(False, description="also learn soft labels")
-    dtype: Dtype = Field("float32", description=" or ".join(DTYPES))
+    init: Literal[INITS] = Field("noise", description="synthetic objects start as noise or real ones of their class")
+    theta0: Literal[THETA0] = Field("random", description="a fresh random θ0 every outer step, or one per model")
+    dtype: Literal[DTYPES] = Field("float32", description="floating-point type of the distillation")
+    device: Checked = Field("cpu", description="where it distils: `cpu`, `cuda` (the rank's GPU) or `cuda:N`")
     seed: Seed = Field(PAPER.seed, description="Distiller seed of restart 0; restart r uses seed + r")
     restarts: Count = Field(1, description="R, independent distillations: the jobs `<name>-r0` … `<name>-r{R−1}`")
     batch_restarts: Count | None = Field(None, description="restarts batched in one Distiller (default all)")
     save_every: Count = Field(50, description="outer steps between checkpoints of the outer loop")
 
 
-class _Named(_Table):
-    name: Name = Field("", description="folder of its results; default `<data>-<arch>+<arch>…`, e.g. `moons-2-layer`")
+class Config(Settings):
+    """One ``[[jobs]]`` table over ``[defaults]``, its name made and its data paths absolute."""
 
-
-class Config(Settings, _Named):  # fields in this order: name, the settings, evaluate
-    """One ``[[jobs]]`` table merged over ``[defaults]``; ``index``: its position in the file."""
-
+    name: Checked = Field("", description="folder of its results; default `<data>-<arch>+…`, e.g. `moons-2-layer`")
     evaluate: Evaluation = Field(default_factory=Evaluation, description="this job's overrides of the `evaluate.` keys")
-    _index: int = PrivateAttr(0)
-
-    @property
-    def index(self) -> int:
-        """The position of the job's table in the file: ``jobs[index]``."""
-        return self._index
-
-    @property
-    def internal_archs(self) -> tuple[str, ...]:
-        """The m internal models' architecture names."""
-        return self.archs * (self.models or 3) if len(self.archs) == 1 else self.archs
+    _index: int = 0
+    index = property(lambda self: self._index, doc="Its place in the file: ``jobs[index]``.")
+    internal_archs = property(lambda self: self.archs * (self.models or 3) if len(self.archs) == 1 else self.archs,
+                              doc="The m internal models' arch names.")  # fmt: skip
 
     def record(self) -> dict[str, Any]:
-        """The settings that make the results, as JSON values (recorded in metrics.json and
-        compared on resume; the file position and the checkpoint interval are left out)."""
-        return json_values(self.model_dump(exclude={"save_every"}))
+        """What makes the results, as JSON (in metrics.json, compared on resume): not save_every nor data_root."""
+        return self.model_dump(mode="json", exclude={"save_every", "data_root"})
+
+    @model_validator(mode="after")
+    def _job(self, info: ValidationInfo) -> Config:
+        """Problems between keys of one job (once each key is valid); its name and absolute paths."""
+        folder, n, kind = info.context["folder"], len(self.archs), Path(self.data).suffix.lower()
+        path = folder / self.data
+        name = self.name or f"{path.stem}-" + "+".join(dict.fromkeys(self.archs))
+        _raise((n > 1 and self.models not in (None, n),
+                f"models: {self.models} does not match the {n} archs (one model each); leave it out or set it to {n}"),
+               (self.method == "reversible" and self.momentum == 0,
+                f"momentum: method 'reversible' needs momentum > 0, got {self.momentum}"),
+               (kind in FILES and not path.is_file(), f"data: no {kind[1:].upper()} file at {str(path)!r}"),
+               (kind == ".csv" and self.label is None,
+                f"label: required with the CSV data {self.data!r} (the label column)"),
+               (not FOLDER_NAME.fullmatch(name),
+                f"name: the name made from data and archs, {NAME_RULE.format(name)}; give the job a name"))  # fmt: skip
+        paths = {key: str((folder / value).resolve()) for key in ("data", "data_root")
+                 if (value := getattr(self, key)) is not None and value not in NAMED}  # fmt: skip
+        return self.model_copy(update={"name": name, **paths})
 
 
 class Document(_Table):
-    """The top level of a job file: the switch and the tables."""
+    """The top level of a job file: the switch and the tables (validated by :func:`parse`, whose
+    context holds the file's folder)."""
 
     data_parallel: bool = Field(False, description="each distillation on all ranks, its models split (else sharded)")
-    defaults: dict[str, Any] = Field({}, description="any `jobs.` key but `name` and `evaluate`, for every job")
-    evaluate: dict[str, Any] = Field({}, description="how every job is tested: the `evaluate.` keys")
-    jobs: list[Any] = Field(min_length=1, description="one `[[jobs]]` table per config: the `jobs.` keys")
+    defaults: Settings = Field(default_factory=Settings, description="any `jobs.` key but `name`, `evaluate`")
+    evaluate: Evaluation = Field(default_factory=Evaluation, description="how every job is tested: `evaluate.` keys")
+    jobs: list[Config] = Field(min_length=1, description="one `[[jobs]]` table per config: the `jobs.` keys")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge(cls, document: Any, info: ValidationInfo) -> Any:
+        """Each job table over the valid keys of ``[defaults]``, its ``evaluate`` over those of ``[evaluate]``."""
+        if not isinstance(document, dict) or not isinstance(jobs := document.get("jobs"), list):
+            return document
+        base, evaluate = (_valid_keys(model, document.get(key), info) for key, model in
+                          (("defaults", Settings), ("evaluate", Evaluation)))  # fmt: skip
+        return {**document, "jobs": [{**base, **job, "evaluate": {**evaluate, **job.get("evaluate", {})}}
+                                     if isinstance(job, dict) and isinstance(job.get("evaluate", {}), dict) else job
+                                     for job in jobs]}  # fmt: skip
+
+    @model_validator(mode="after")
+    def _names(self) -> Document:
+        """Number the jobs (``Config.index``); their names must differ."""
+        first = {}
+        for i, config in enumerate(self.jobs):
+            config._index, first[config.name] = i, first.get(config.name, i)
+        _raise(*((first[c.name] != c.index, f"jobs[{c.index}].name: {c.name!r} is already the name of "
+                  f"jobs[{first[c.name]}]; give each job a distinct name") for c in self.jobs))  # fmt: skip
+        return self
+
+
+def _valid_keys(model: type[_Table], table: Any, info: ValidationInfo) -> dict:
+    """The keys of ``table`` valid in ``model`` (the others are reported at the table's own key path)."""
+    try:
+        model.model_validate(table, context=info.context)
+    except ValidationError as error:
+        bad = {e["loc"][0] for e in error.errors() if e["loc"]}
+        return {key: value for key, value in table.items() if key not in bad} if isinstance(table, dict) else {}
+    return table
+
+
+def _raise(*checks: tuple[bool, str]) -> None:
+    """Raise the problems (``"<key path>: <problem>"``) of the failed ``checks`` as one error."""
+    if problems := [problem for failed, problem in checks if failed]:
+        raise PydanticCustomError("problems", "{problems}", {"problems": problems})
 
 
 @dataclass(frozen=True)
 class Job:
-    """One distillation: restart ``restart`` of ``config``; it writes ``OUT/<name>/``."""
+    """Restart ``restart`` of ``config``, e.g. ``moons-2-layer-r0``: it writes ``OUT/<name>/``."""
 
     config: Config
     restart: int
-
-    @property
-    def name(self) -> str:
-        """``"<config name>-r<restart>"``, e.g. ``"moons-2-layer-r0"``."""
-        return f"{self.config.name}-r{self.restart}"
-
-    @property
-    def seed(self) -> int:
-        """The Distiller seed of this restart: ``config.seed + restart``."""
-        return self.config.seed + self.restart
-
-
-@dataclass(frozen=True)
-class Run:
-    """Restarts ``first … first + count − 1`` of ``config``, batched in one Distiller."""
-
-    config: Config
-    first: int
-    count: int
-
-    @property
-    def jobs(self) -> tuple[Job, ...]:
-        """The jobs whose results this run computes."""
-        return tuple(Job(self.config, r) for r in range(self.first, self.first + self.count))
+    name = property(lambda self: f"{self.config.name}-r{self.restart}")
+    seed = property(lambda self: self.config.seed + self.restart)  # the Distiller seed of this restart
 
 
 @dataclass(frozen=True)
 class JobFile:
-    """A validated job file: its path, its configs and the data-parallel switch."""
+    """A validated job file: its path, its configs, the data-parallel switch and every job (in file order)."""
 
     path: Path
     configs: tuple[Config, ...]
     data_parallel: bool = False
-
-    @property
-    def jobs(self) -> list[Job]:
-        """Every job, in file order then restart order."""
-        return [job for run in self.runs for job in run.jobs]
-
-    @property
-    def runs(self) -> list[Run]:
-        """The units of work: each config's restarts in groups of ``batch_restarts``."""
-        sizes = [(c, min(c.batch_restarts or c.restarts, c.restarts)) for c in self.configs]
-        return [Run(c, first, min(n, c.restarts - first)) for c, n in sizes for first in range(0, c.restarts, n)]
+    jobs = property(lambda self: [Job(c, r) for c in self.configs for r in range(c.restarts)])
 
 
-def json_values(value: Any) -> Any:
-    """``value`` with tuples as lists and Paths as strings (how it reads back from JSON)."""
-    if isinstance(value, dict):
-        return {key: json_values(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_values(item) for item in value]
-    return str(value) if isinstance(value, Path) else value
+_SAYS = {"int_type": "expected an integer", "float_type": "expected a number", "bool_type": "expected true or false",
+         "string_type": "expected a string", "tuple_type": "expected a non-empty list of strings",
+         "too_short": "expected a non-empty list of strings", "model_type": "expected a table",
+         "dict_type": "expected a table", "greater_than_equal": "must be >= {ge}", "greater_than": "must be > {gt}",
+         "less_than": "must be < {lt}", "finite_number": "must be finite",
+         "literal_error": "expected one of {expected}"}  # fmt: skip
 
 
-# ---- validation: pydantic's errors in the job file's words, every problem at once ----
-
-_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-             "string_type": "a string", "tuple_type": "a non-empty list of strings",
-             "too_short": "a non-empty list of strings", "model_type": "a table", "dict_type": "a table"}  # fmt: skip
-
-
-def _problem(error: ErrorDetails, model: type[BaseModel]) -> str:
-    """pydantic's ``error`` of ``model`` in the words of the job file."""
-    kind, loc, value = error["type"], error["loc"], error["input"]
+def _messages(error: ErrorDetails, errors: list[ErrorDetails]) -> list[str]:
+    """pydantic's ``error`` (one of ``errors``) as ``"<key path>: <problem>"`` lines (none for a list left
+    empty by its invalid items: their errors say it)."""
+    loc, kind, value = error["loc"], error["type"], error["input"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if kind == "too_short" and any(o["loc"][: len(loc)] == loc and o is not error for o in errors):
+        return []
+    if kind == "problems":
+        return [f"{path}.{problem}".lstrip(".") for problem in error["ctx"]["problems"]]
+    if loc == ("jobs",):
+        return ["jobs: expected a non-empty list of [[jobs]] tables"]
     if kind == "extra_forbidden":
-        for key in loc[:-1]:  # down to the table holding the key
-            model = model.model_fields[key].annotation if isinstance(key, str) else model
-        close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key{hint}; expected one of {list(model.model_fields)}"
-    if kind == "value_error":
-        return str(error["ctx"]["error"])
-    if kind == "greater_than_equal":
-        return f"must be >= {error['ctx']['ge']}, got {value}"
-    shown = repr(value) if isinstance(value, (list, dict)) else f"{value!r} ({type(value).__name__})"
-    return f"expected {_EXPECTED[kind]}, got {shown}" if kind in _EXPECTED else error["msg"]
-
-
-def _messages(error: ValidationError, model: type[BaseModel], where: tuple = ()) -> list[str]:
-    """The errors of ``model`` (the table at key path ``where``) as ``"<key path>: <problem>"``, the
-    location ``("jobs", 2, "method")`` as ``"jobs[2].method"``."""
-    lines, errors = [], error.errors()
-    for e in errors:
-        if e["type"] == "too_short" and any(o["loc"][: len(e["loc"])] == e["loc"] and o is not e for o in errors):
-            continue  # a list of invalid items only: the items' problems say it
-        loc = (*where, *e["loc"])
-        problem = "expected a non-empty list of [[jobs]] tables" if loc == ("jobs",) else _problem(e, model)
-        lines.append("".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") + f": {problem}")
-    return lines
-
-
-def _valid(model: type[BaseModel], data: Any, where: tuple, problems: list[str], base: dict | None = None) -> Any:
-    """``data`` merged over ``base`` as a ``model``; if some keys are invalid, their problems are
-    appended to ``problems`` and the model is made of the others (None if ``data`` is no table)."""
-    base = base or {}
-    try:
-        return model.model_validate({**base, **data} if isinstance(data, dict) else data)
-    except ValidationError as error:
-        problems += _messages(error, model, where)
-        bad = {e["loc"][0] for e in error.errors() if e["loc"]}
-    if not isinstance(data, dict):
-        return None
-    try:
-        return model.model_validate({**base, **{key: v for key, v in data.items() if key not in bad}})
-    except ValidationError:  # a required key is invalid
-        return None
-
-
-def _cross_problems(config: Config, folder: Path) -> list[str]:
-    """Problems between keys of one job: models vs archs, reversible without momentum, CSV."""
-    problems, archs, csv = [], config.archs, config.data.endswith(".csv")
-    if len(archs) > 1 and config.models not in (None, len(archs)):
-        problems.append(f"models: {config.models} does not match the {len(archs)} archs (one model each); "
-                        f"leave it out or set it to {len(archs)}")  # fmt: skip
-    if config.method == "reversible" and config.momentum == 0.0:
-        problems.append(f"momentum: method 'reversible' needs momentum > 0, got {config.momentum}")
-    if csv and not (folder / config.data).is_file():
-        problems.append(f"data: no CSV file at {str(folder / config.data)!r}")
-    if csv and config.label is None:
-        problems.append(f"label: required with the CSV data {config.data!r} (the label column)")
-    return problems
-
-
-def _config(entry: Any, index: int, base: dict, folder: Path, problems: list[str]) -> Config | None:
-    """``jobs[index]`` over ``base`` (the valid [defaults] and [evaluate]), or None and its problems."""
-    if isinstance(entry, dict) and isinstance(entry.get("evaluate", {}), dict):
-        entry = {**entry, "evaluate": {**base["evaluate"], **entry.get("evaluate", {})}}
-    count, config = len(problems), _valid(Config, entry, ("jobs", index), problems, base)
-    if config is not None:
-        problems += [f"jobs[{index}].{problem}" for problem in _cross_problems(config, folder)]
-    if config is None or len(problems) > count:
-        return None
-    name = config.name or f"{Path(config.data).stem}-" + "+".join(dict.fromkeys(config.archs))
-    if problem := _check_name(name):
-        problems.append(f"jobs[{index}].name: the name made from data and archs, {problem}; give the job a name")
-        return None
-    data = str((folder / config.data).resolve()) if config.data.endswith(".csv") else config.data
-    config = config.model_copy(update={"name": name, "data": data})
-    config._index = index
-    return config
+        model: Any = Document
+        for key in (key for key in loc[:-1] if isinstance(key, str)):  # down to the table holding the key
+            model = model.model_fields[key].annotation
+            model = get_args(model)[0] if get_origin(model) is list else model
+        close = difflib.get_close_matches(str(loc[-1]), keys := list(model.model_fields), n=1)
+        return [f"{path}: unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; expected one of {keys}"]
+    if kind not in _SAYS:
+        return [f"{path}: {error['ctx']['error'] if kind == 'value_error' else error['msg']}"]
+    typed = f" ({type(value).__name__})" if kind.endswith("_type") and not isinstance(value, list) else ""
+    return [f"{path}: {_SAYS[kind].format(**error.get('ctx', {}))}, got {value!r}{typed}"]
 
 
 def parse(text: str, path: str | Path = "job.toml") -> JobFile:
@@ -321,40 +252,21 @@ def parse(text: str, path: str | Path = "job.toml") -> JobFile:
     path = Path(path)
     try:
         document = tomllib.loads(text)
+        valid = Document.model_validate(document, context={"folder": path.parent})
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path.name}: not valid TOML: {error}") from None
-    problems: list[str] = []
-    _valid(Document, document, (), problems)
-    table = {key: value if isinstance(value := document.get(key), dict) else {} for key in ("defaults", "evaluate")}
-    base = _valid(Settings, table["defaults"], ("defaults",), problems).model_dump(exclude_unset=True)
-    base["evaluate"] = _valid(Evaluation, table["evaluate"], ("evaluate",), problems).model_dump(exclude_unset=True)
-    entries = document["jobs"] if isinstance(document.get("jobs"), list) else []
-    configs = [c for i, entry in enumerate(entries) if (c := _config(entry, i, base, path.parent, problems))]
-    first: dict[str, int] = {}
-    for c in configs:
-        if first.setdefault(c.name, c.index) != c.index:
-            problems.append(f"jobs[{c.index}].name: {c.name!r} is already the name of jobs[{first[c.name]}]; "
-                            "give each job a distinct name")  # fmt: skip
-    if problems:
-        raise ValueError("\n".join(f"{path.name}: {problem}" for problem in problems))
-    return JobFile(path, tuple(configs), document.get("data_parallel", False))
+    except ValidationError as error:
+        errors = error.errors()
+        lines = [f"{path.name}: {line}" for e in errors for line in _messages(e, errors)]
+        raise ValueError("\n".join(lines)) from None
+    return JobFile(path, tuple(valid.jobs), valid.data_parallel)
 
 
 def read(path: str | Path) -> JobFile:
     """:func:`parse` the job file at ``path``."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"batch: no job file at {str(path)!r}")
-    return parse(path.read_text(encoding="utf-8"), path)
-
-
-def _toml_type(field: dict) -> str:
-    """The TOML type of a JSON-schema property, e.g. ``"integer ≥ 1"``, ``"list of strings"``."""
-    field = next(f for f in field.get("anyOf", [field]) if f.get("type") != "null")
-    kind = field.get("type", "object")
-    if kind == "array":
-        kind = "list of strings" if field.get("items", {}).get("type") == "string" else "list of tables"
-    return kind.replace("object", "table") + (f" ≥ {field['minimum']}" if "minimum" in field else "")
+    return parse(Path(path).read_text(encoding="utf-8"), path)
 
 
 def schema_table() -> str:
@@ -363,8 +275,13 @@ def schema_table() -> str:
     for prefix, model in (("", Document), ("jobs.", Config), ("evaluate.", Evaluation)):
         schema = model.model_json_schema()
         for key, field in schema["properties"].items():
+            kind = next(f for f in field.get("anyOf", [field]) if f.get("type") != "null")
+            shown = {"object": "table", "array": "list of strings" if "type" in kind.get("items", {}) else
+                     "list of tables"}.get(kind.get("type", "object"), kind.get("type"))  # fmt: skip
+            shown = "one of " + ", ".join(f"`{c}`" for c in kind["enum"]) if "enum" in kind else shown
+            shown += "".join(f" {s} {kind[b]}" for b, s in (("minimum", "≥"), ("exclusiveMinimum", ">")) if b in kind)
             default = field.get("default")
-            shown = "—" if default in (None, "") else f"`{json.dumps(default, ensure_ascii=False)}`"
-            shown = "required" if key in schema.get("required", ()) else shown
-            rows.append(f"| `{prefix}{key}` | {_toml_type(field)} | {shown} | {field['description']} |")
+            default = "—" if default in (None, "") else f"`{json.dumps(default, ensure_ascii=False)}`"
+            default = "required" if key in schema.get("required", ()) else default
+            rows.append(f"| `{prefix}{key}` | {shown} | {default} | {field['description']} |")
     return "\n".join(rows) + "\n"

@@ -4,8 +4,9 @@ The Distiller's own defaults are the paper's (two moons, MLPs). Images need othe
 as Wang et al. (2018) did and tuned on ``digits-images`` with ``lenet``: 10 steps × 1 image per
 class × 3 epochs (n = 30), x̃ started from real images, a higher first learning rate (ConvNets
 barely move in 30 steps at 0.02), and a run counted in outer steps rather than epochs (1,198
-digits and 60,000 MNIST images make very different epochs). The CLI and job files start from
-:func:`defaults_for`; every value can be overridden.
+digits and 60,000 MNIST images make very different epochs). ``memdistill distill`` starts from
+:func:`defaults_for`; every value can be overridden. (Batch job files keep the paper's defaults
+for every kind of data, but for ``test_archs``.)
 """
 from __future__ import annotations
 
