@@ -263,17 +263,39 @@ def build_parser() -> argparse.ArgumentParser:
     prof = commands.add_parser(
         "profile",
         help="peak memory and time of one hypergradient versus n, per method",
-        description="Measure one hypergradient of a 2-W-...-W-1 ReLU MLP per (method, n), each CPU point "
-        "in a fresh process (peak RSS growth; CUDA: max_memory_allocated). A point whose memory, "
-        "extrapolated from the method's last measured point, would not fit is skipped and said so. "
+        description="Measure one hypergradient per (method, n), each CPU point in a fresh process (peak RSS "
+        "growth; CUDA: max_memory_allocated growth). The model is a 2-W-...-W-1 ReLU MLP on random 2-D "
+        "points unless --arch, --data or --in-shape say otherwise. A point whose memory, extrapolated from "
+        "the method's last measured point, would not fit is skipped and said so. "
         "Writes OUT/profile.csv and OUT/profile.png (log-log) and prints a table.",
     )
     prof.add_argument("--n", type=_int_list, default=[100, 1000, 10000], help="inner steps (default 100,1000,10000)")
     prof.add_argument("--methods", type=_comma_list, default=list(METHODS), help=f"default {','.join(METHODS)}")
-    prof.add_argument("--width", type=int, default=256, help="hidden width (default 256)")
-    prof.add_argument("--depth", type=int, default=3, help="hidden layers (default 3: the paper's 4-layer MLP)")
+    prof.add_argument("--arch", help=ARCH_HELP + " (default: the MLP of --width and --depth)")
+    prof.add_argument("--width", type=int, help="hidden width of the default MLP (default 256)")
+    prof.add_argument("--depth", type=int, help="hidden layers of the default MLP (default 3: the paper's 4-layer MLP)")
+    prof.add_argument(
+        "--data",
+        help=f"sample the inputs from a data set: tables {', '.join(SYNTHETIC + BUNDLED)} or a CSV path; images "
+        f"{', '.join(IMAGES)}, an image folder or an .npz file (default: random inputs)",
+    )
+    prof.add_argument("--data-root", help="folder of the mnist/fashion-mnist/cifar files (default: $MEMDISTILL_DATA)")
+    prof.add_argument("--label", help="label column of a CSV --data file")
+    prof.add_argument(
+        "--in-shape",
+        help="random standard-normal inputs of this shape instead of a data set, e.g. 3,32,32 (no data files; "
+        "not with --data; default: 2-D points)",
+    )
+    prof.add_argument("--classes", type=int, help="classes of --in-shape inputs (default 10 for images, else 2)")
+    prof.add_argument(
+        "--per-class", type=int,
+        help="synthetic objects per class per step, b = per-class x classes (default 4, i.e. b = 8 for 2 classes; "
+        "images 1)",
+    )
+    prof.add_argument("--real-batch", type=int, help="real inputs of the outer loss (default 64)")
     prof.add_argument("--momentum", type=float, default=0.9, help="inner momentum, > 0 for reversible (default 0.9)")
-    prof.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    prof.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                      help="cpu, cuda or cuda:N (default cuda where available)")
     prof.add_argument("--out", required=True, type=Path, help="output directory")
     return parser
 
@@ -434,14 +456,19 @@ def cmd_profile(args: argparse.Namespace) -> None:
         raise ValueError(f"profile: unknown method(s) {unknown}; expected some of {list(METHODS)}")
     if "reversible" in args.methods and args.momentum <= 0:
         raise ValueError("profile: method 'reversible' needs --momentum > 0")
+    problem = profiling.make_problem(   # every option checked (and any data sampled) before measuring
+        args.arch, width=args.width, depth=args.depth, data=args.data, data_root=args.data_root,
+        label=args.label, in_shape=args.in_shape, classes=args.classes, per_class=args.per_class,
+        real_batch=args.real_batch)
     args.out.mkdir(parents=True, exist_ok=True)   # fail before measuring, not after
+    print(f"profile: {problem.describe()}, momentum {args.momentum}, on {args.device}")
     points = len(args.n) * len(args.methods)
     with tqdm(total=points, desc="profile", unit="point") as bar:
         def seen(row: dict) -> None:
             bar.set_postfix_str(f"{row['method']} n={row['n']}" + (" skipped" if row["skipped"] else ""))
             bar.update()
-        rows = profiling.profile(args.n, args.methods, width=args.width, depth=args.depth,
-                                 momentum=args.momentum, device=args.device, on_row=seen)
+        rows = profiling.profile(args.n, args.methods, momentum=args.momentum, device=args.device,
+                                 on_row=seen, problem=problem)
     csv_path = profiling.write_csv(rows, args.out / "profile.csv")
     png_path = profiling.plot_profile(rows, args.out / "profile.png")
     print(profiling.format_table(rows))

@@ -1,9 +1,16 @@
 """Peak memory and time of one hypergradient versus the unroll length n, per method.
 
-CPU: growth of the peak resident set size (``ru_maxrss``) over the process's peak after the
-problem is built and one warm-up epoch has run, each point in a fresh process so no
-measurement inherits another one's heap. CUDA: ``torch.cuda.max_memory_allocated`` growth.
-Used by ``memdistill profile`` and ``bench/rss.py``.
+CPU: growth of the peak resident set size (VmHWM of /proc/self/status) over the process's
+peak after the problem is built and one warm-up epoch has run, each point in a fresh process
+so no measurement inherits another one's heap. CUDA: ``torch.cuda.max_memory_allocated`` growth
+over the warm-up's peak (the peak statistics are reset per point). Used by ``memdistill
+profile`` and ``bench/rss.py``.
+
+The problem is a :class:`Problem`: by default the paper's 2-W-…-W-1 ReLU MLP on random 2-D
+points (:func:`mlp_problem`); :func:`make_problem` checks and builds any architecture name of
+:func:`memdistill.models.resolve_arch` on a data set (sampled once, here) or on random
+standard-normal inputs of a given shape. A :class:`Problem` holds only names, shapes and
+sampled arrays, so a fresh process rebuilds the model from them.
 """
 from __future__ import annotations
 
@@ -14,18 +21,27 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["mlp_problem", "measure", "measure_in_fresh_process", "profile", "available_memory",
-           "write_csv", "plot_profile", "format_table"]
+__all__ = ["Problem", "make_problem", "parse_shape", "mlp_problem", "measure", "measure_in_fresh_process",
+           "profile", "available_memory", "write_csv", "plot_profile", "format_table"]
 
 MiB = 2 ** 20
 FIELDS = ["method", "n", "width", "depth", "momentum", "device", "peak_bytes", "seconds",
-          "peak_stored_bytes", "forward_steps", "skipped"]
+          "peak_stored_bytes", "forward_steps", "skipped",
+          "arch", "in_shape", "classes", "batch", "real_batch", "data"]
+"""CSV columns: the first eleven are the original ones (``width``/``depth`` empty for an
+architecture given by name); ``in_shape`` is written like ``3x32x32``, ``batch`` is b = objects
+per synthetic step, ``data`` a data set name or ``random``."""
+
+MAX_STEPS = 40
+"""A point with n inner steps runs s = gcd(n, 40) synthetic batches for n / s epochs."""
 
 
 def mlp_problem(width: int = 10, depth: int = 3, steps: int = 40, epochs: int = 5, batch: int = 8,
@@ -50,28 +66,238 @@ def mlp_problem(width: int = 10, depth: int = 3, steps: int = 40, epochs: int = 
     return tuple(t.to(device) for t in (model, x_syn, y_syn, lrs, x, y))
 
 
+@dataclass(frozen=True)
+class Problem:
+    """What one measured hypergradient is computed on, by value (picklable into a fresh process).
+
+    Attributes:
+      arch: an architecture name or import string of :func:`memdistill.models.resolve_arch`,
+        built with :func:`memdistill.models.fresh_model` (seed ``seed``); None: the default
+        2-``width``^``depth``-1 ReLU MLP of :func:`mlp_problem` on random 2-D points (binary).
+      width, depth: the default MLP's hidden width and layers (None for a named ``arch`` that
+        is not that MLP).
+      in_shape, classes: the shape of one input and the number of classes.
+      per_class: synthetic objects per class and step; b = ``per_class`` · ``classes``.
+      real_batch: inputs of the outer (real) loss.
+      data: the data set the arrays were sampled from, or ``"random"`` (standard-normal
+        inputs drawn from ``seed``, balanced synthetic labels, uniform real labels).
+      samples: for a data set, (x_syn [40, b, *in_shape], y_syn [40, b], x_real
+        [real_batch, *in_shape], y_real [real_batch]) as numpy arrays; a point with s
+        synthetic steps uses the first s.
+    """
+
+    arch: str | None = None
+    width: int | None = 256
+    depth: int | None = 3
+    in_shape: tuple[int, ...] = (2,)
+    classes: int = 2
+    per_class: int = 4
+    real_batch: int = 64
+    data: str = "random"
+    seed: int = 0
+    samples: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def arch_name(self) -> str:
+        """``arch``, or the default MLP's name ``mlp[W,W,...]`` (a valid ``--arch``)."""
+        return self.arch or "mlp[" + ",".join([str(self.width)] * (self.depth or 0)) + "]"
+
+    @property
+    def batch(self) -> int:
+        """b: synthetic objects per inner step."""
+        return self.per_class * self.classes
+
+    def columns(self) -> dict[str, Any]:
+        """The CSV columns describing the problem."""
+        return {"width": self.width if self.width is not None else "",
+                "depth": self.depth if self.depth is not None else "",
+                "arch": self.arch_name, "in_shape": "x".join(map(str, self.in_shape)), "classes": self.classes,
+                "batch": self.batch, "real_batch": self.real_batch, "data": self.data}
+
+    def describe(self) -> str:
+        """One line for titles and logs."""
+        if self.arch is None:
+            return f"2-{'-'.join([str(self.width)] * (self.depth or 0))}-1 MLP, b = {self.batch}"
+        inputs = "x".join(map(str, self.in_shape))
+        return f"{self.arch} on {self.data} {inputs}, {self.classes} classes, b = {self.batch}, real batch {self.real_batch}"
+
+    def build(self, steps: int, epochs: int, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> tuple:
+        """(model, x_syn [steps, b, *in_shape], y_syn [steps, b], lrs [steps·epochs], x_real, y_real)."""
+        if self.arch is None:
+            assert self.width is not None and self.depth is not None
+            return mlp_problem(self.width, self.depth, steps=steps, epochs=epochs, batch=self.batch,
+                               real=self.real_batch, seed=self.seed, dtype=dtype, device=device)
+        from memdistill.models import fresh_model, resolve_arch
+
+        model = fresh_model(resolve_arch(self.arch, self.in_shape, self.classes), self.seed, dtype)
+        if self.samples is not None:
+            x_syn, y_syn, x, y = (torch.from_numpy(np.asarray(a)) for a in self.samples)
+            x_syn, y_syn, x = x_syn[:steps].to(dtype), y_syn[:steps], x.to(dtype)
+        else:
+            g = torch.Generator().manual_seed(self.seed)
+            x_syn = torch.randn(steps, self.batch, *self.in_shape, generator=g, dtype=dtype)
+            y_syn = torch.arange(self.classes).repeat_interleave(self.per_class).expand(steps, -1).contiguous()
+            x = torch.randn(self.real_batch, *self.in_shape, generator=g, dtype=dtype)
+            y = torch.randint(0, self.classes, (self.real_batch,), generator=g)
+        lrs = torch.full((steps * epochs,), 0.02, dtype=dtype)
+        return tuple(t.to(device) for t in (model, x_syn, y_syn, lrs, x, y))
+
+
+def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"3,32,32"`` (or a sequence of ints) as a tuple of positive ints; ValueError naming --in-shape."""
+    try:
+        items = [int(v) for v in (text.replace("x", ",").split(",") if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
+        items = []
+    if not items or min(items) < 1:
+        raise ValueError(f"--in-shape must be comma-separated positive integers such as 3,32,32 (channels, "
+                         f"height, width) or 2 (features), got {text!r}")
+    return tuple(items)
+
+
+def _positive(value: int | None, option: str, least: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ValueError(f"{option} must be an integer >= {least}, got {value!r}")
+
+
+def make_problem(arch: str | None = None, *, width: int | None = None, depth: int | None = None,
+                 data: str | None = None, data_root: str | Path | None = None, label: str | None = None,
+                 in_shape: str | Sequence[int] | None = None, classes: int | None = None,
+                 per_class: int | None = None, real_batch: int | None = None, seed: int = 0) -> Problem:
+    """Check the options of ``memdistill profile`` and build its :class:`Problem`, before any measuring.
+
+    Args:
+      arch: any name or import string of :func:`memdistill.models.resolve_arch`; None: the MLP
+        with ``depth`` hidden layers ``width`` wide (default 3 × 256).
+      width, depth: the default MLP's; not with ``arch``.
+      data, data_root, label: a data set of :func:`memdistill.data.load_dataset` (name or
+        path): x̃ starts from ``per_class`` random training inputs of each class per step, the
+        real batch is ``real_batch`` random training inputs.
+      in_shape, classes: random standard-normal inputs of this shape (``"3,32,32"`` or a
+        tuple) and ``classes`` classes (default 10 for an image shape, else 2); not with ``data``.
+        With neither ``data`` nor ``in_shape`` the default MLP runs on 2-D points of 2 classes
+        (:func:`mlp_problem`) and a named ``arch`` on random inputs of shape (2,).
+      per_class: synthetic objects per class and step (default 4 for 1-D inputs, i.e. b = 8
+        for two classes as in the paper; 1 for images).
+      real_batch: real inputs of the outer loss (default 64).
+
+    Raises:
+      ValueError naming the option at fault (an unknown ``--arch`` or one that does not take
+      the inputs, a bad ``--in-shape``, ``--data`` with ``--in-shape``, …); a data set whose
+      files are missing raises :class:`memdistill.data.DataNotFoundError` (also a ValueError).
+    """
+    from memdistill.models import check_arch
+
+    for value, option, least in [(width, "--width", 1), (depth, "--depth", 1), (classes, "--classes", 2),
+                                 (per_class, "--per-class", 1), (real_batch, "--real-batch", 1)]:
+        _positive(value, option, least)
+    if arch is not None and (width is not None or depth is not None):
+        raise ValueError("--width/--depth describe the default MLP and cannot be combined with --arch; "
+                         "name the widths in the arch instead, e.g. --arch mlp[256,256,256]")
+    if data is not None and in_shape is not None:
+        raise ValueError("--data and --in-shape exclude each other: --in-shape profiles random inputs "
+                         "of that shape, --data takes the shape of the data set")
+    if classes is not None and in_shape is None:
+        raise ValueError("--classes goes with --in-shape (a data set brings its own classes; the default "
+                         "problem has 2)")
+    if (data_root is not None or label is not None) and data is None:
+        raise ValueError(f"{'--data-root' if data_root is not None else '--label'} needs --data")
+    mlp = arch is None
+    width, depth = (width or 256, depth or 3) if mlp else (None, None)
+    real_batch = real_batch or 64
+    if data is None and in_shape is None and mlp:
+        return Problem(None, width, depth, (2,), 2, per_class or 4, real_batch, seed=seed)
+    name = arch if arch is not None else "mlp[" + ",".join([str(width)] * (depth or 0)) + "]"
+    dataset = None
+    if data is not None:
+        from memdistill.data import load_dataset
+
+        dataset = load_dataset(data, root=data_root, label=label)
+        shape, classes = tuple(dataset.in_shape), dataset.classes
+    else:
+        shape = parse_shape(in_shape) if in_shape is not None else (2,)
+        classes = classes or (10 if len(shape) > 1 else 2)
+    try:
+        check_arch(name, shape, classes)
+    except (ValueError, TypeError) as error:
+        option = f"--arch {name!r}" if arch is not None else f"the default MLP {name}"
+        raise ValueError(f"{option} on inputs of shape {list(shape)} with {classes} classes: {error}") from None
+    per_class = per_class or (1 if len(shape) > 1 else 4)
+    problem = Problem(name, width, depth, shape, classes, per_class, real_batch, seed=seed)
+    if dataset is None:
+        return problem
+    return Problem(name, width, depth, shape, classes, per_class, real_batch, data=str(data), seed=seed,
+                   samples=_sample(dataset, per_class, real_batch, seed))
+
+
+def _sample(dataset: Any, per_class: int, real_batch: int, seed: int) -> tuple[np.ndarray, ...]:
+    """x_syn [40, b, ...] of ``per_class`` random training inputs of each class per step (labels
+    0 0 … 1 1 …), and a real batch of distinct random training inputs."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = dataset.x_train, dataset.y_train
+    if real_batch > len(y):
+        raise ValueError(f"--real-batch {real_batch} exceeds the {len(y)} training inputs of {dataset.name}")
+    columns = []
+    for c in range(dataset.classes):
+        pool = (y == c).nonzero().flatten()
+        if len(pool) == 0:
+            raise ValueError(f"--data {dataset.name}: class {c} has no training inputs")
+        columns.append(pool[torch.randint(len(pool), (MAX_STEPS, per_class), generator=g)])
+    index = torch.cat(columns, dim=1)                                   # [40, b], class-major
+    real = torch.randperm(len(y), generator=g)[:real_batch]
+    return (x[index].float().numpy(), y[index].numpy(), x[real].float().numpy(), y[real].numpy())
+
+
 def _peak_memory(device: str) -> int:
+    """Peak bytes so far: CUDA max_memory_allocated, else this process's own peak RSS.
+
+    The peak RSS is VmHWM of /proc/self/status, not ``ru_maxrss``: a spawned child's
+    ``ru_maxrss`` starts at its parent's RSS at fork time (Linux keeps the larger of the
+    pre-exec and the new address space's peaks), so any growth below that would not show.
+    """
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def measure(method: str, n: int, width: int = 256, depth: int = 3, momentum: float = 0.9,
-            snapshots: int | None = None, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
-    """One hypergradient with n inner steps: s = gcd(n, 40) synthetic batches, n / s epochs."""
+            snapshots: int | None = None, threads: int = 1, device: str = "cpu",
+            problem: Problem | None = None) -> dict[str, Any]:
+    """One hypergradient with n inner steps: s = gcd(n, 40) synthetic batches, n / s epochs.
+
+    ``problem`` None: the default MLP of ``width`` and ``depth`` (:func:`mlp_problem`).
+    """
     from memdistill.engine.hypergradient import hypergradient
 
+    problem = problem if problem is not None else Problem(width=width, depth=depth)
     torch.set_num_threads(threads)
-    steps = math.gcd(n, 40)
-    args = mlp_problem(width, depth, steps=steps, epochs=n // steps, device=device)
+    steps = math.gcd(n, MAX_STEPS)
+    args = problem.build(steps, n // steps, device=device)
+    if device.startswith("cuda"):   # in-process on CUDA: forget the previous points' peaks
+        torch.cuda.reset_peak_memory_stats(device)
     # Warm-up with one epoch: allocator pools and autograd's workspaces are a fixed cost, not
     # what the method stores for n steps.
     hypergradient(*args[:3], args[3][:steps], *args[4:], momentum=momentum, method=method, snapshots=snapshots)
+    _synchronize(device)
     before = _peak_memory(device)
     start = time.perf_counter()
     hg = hypergradient(*args, epochs=n // steps, momentum=momentum, method=method, snapshots=snapshots)
+    _synchronize(device)
     seconds = time.perf_counter() - start
-    return {"method": method, "n": n, "width": width, "depth": depth, "momentum": momentum, "device": device,
+    return {"method": method, "n": n, **problem.columns(), "momentum": momentum, "device": device,
             "peak_bytes": _peak_memory(device) - before, "seconds": seconds,
             "peak_stored_bytes": hg.stats["peak_stored_bytes"], "forward_steps": hg.stats["forward_steps"],
             "skipped": ""}
@@ -94,13 +320,16 @@ def available_memory() -> int:
 
 def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, depth: int = 3,
             momentum: float = 0.9, device: str = "cpu", budget: float = 0.6,
-            on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+            on_row: Callable[[dict[str, Any]], None] | None = None,
+            problem: Problem | None = None) -> list[dict[str, Any]]:
     """Measure every (method, n), smallest n first; skip a point whose memory, extrapolated
     linearly from the method's last measured point, exceeds ``budget`` of the available memory.
 
+    ``problem`` (see :func:`make_problem`) None: the default MLP of ``width`` and ``depth``.
     Linear extrapolation is an upper bound for the sublinear methods and exact in the limit
     for autograd and replay. ``on_row`` sees each row as soon as it exists (progress).
     """
+    problem = problem if problem is not None else Problem(width=width, depth=depth)
     rows = []
     for method in methods:
         last: dict[str, Any] | None = None
@@ -108,13 +337,13 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
             limit = budget * (torch.cuda.mem_get_info()[0] if device.startswith("cuda") else available_memory())
             need = last["peak_bytes"] * n / last["n"] if last else 0.0
             if need > limit:
-                row = {"method": method, "n": n, "width": width, "depth": depth, "momentum": momentum,
+                row = {"method": method, "n": n, **problem.columns(), "momentum": momentum,
                        "device": device, "skipped": f"needs ~{need / 2**30:.1f} GiB (extrapolated from "
                        f"n={last['n']}), over {budget:.0%} of the {limit / budget / 2**30:.1f} GiB available"}
             elif device.startswith("cuda"):
-                row = last = measure(method, n, width, depth, momentum, device=device)
+                row = last = measure(method, n, momentum=momentum, device=device, problem=problem)
             else:
-                row = last = measure_in_fresh_process(method, n, width=width, depth=depth, momentum=momentum)
+                row = last = measure_in_fresh_process(method, n, momentum=momentum, problem=problem)
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -137,22 +366,37 @@ def plot_profile(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from memdistill.apps.figures import save_png
 
-    figure = Figure(figsize=(10, 4))
+    figure = Figure(figsize=(10, 4), layout="constrained")
     memory, seconds = figure.subplots(1, 2)
     for method in dict.fromkeys(r["method"] for r in rows):
         done = [r for r in rows if r["method"] == method and not r["skipped"]]
         ns = [r["n"] for r in done]
         memory.plot(ns, [max(r["peak_bytes"], 1) / MiB for r in done], "o-", label=method)
         seconds.plot(ns, [r["seconds"] for r in done], "o-", label=method)
+    ticks = sorted({r["n"] for r in rows})
     for axis, label in [(memory, "peak memory growth (MiB)"), (seconds, "seconds per hypergradient")]:
         axis.set(xscale="log", yscale="log", xlabel="inner steps n", ylabel=label)
+        axis.set_xticks(ticks, [str(n) for n in ticks])     # label the measured n, not 3x10^0
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
-    figure.suptitle(f"2-{'-'.join([str(rows[0]['width'])] * rows[0]['depth'])}-1 MLP, momentum {rows[0]['momentum']}")
+    figure.suptitle(f"{_title(rows[0])}, momentum {rows[0]['momentum']}")
     return save_png(figure, path)
+
+
+def _title(row: dict[str, Any]) -> str:
+    """The problem of a row in words (rows of the default MLP keep the 2-W-...-W-1 title)."""
+    if row.get("data", "random") == "random" and row.get("in_shape", "2") == "2" and row.get("classes", 2) == 2 \
+            and str(row.get("arch", "mlp[")).startswith("mlp[") and row.get("width") not in (None, ""):
+        return f"2-{'-'.join([str(row['width'])] * int(row['depth']))}-1 MLP"
+    return (f"{row['arch']} on {row['data']} {row['in_shape']} inputs, {row['classes']} classes, "
+            f"b = {row['batch']}, real batch {row['real_batch']}")
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
