@@ -1,9 +1,11 @@
 """The ``memdistill`` command line: ``distill``, ``evaluate``, ``reproduce``, ``profile``, ``batch``.
 
 memdistill distill --data moons --arch 2-layer --steps 40 --epochs 5 --models 3 --out DIR
+memdistill distill --data digits-images --arch lenet --out DIR
 memdistill evaluate DIR --test-arch 1-layer,2-layer,4-layer --strategy none,s1,s2,s3
 memdistill reproduce --out DIR [--quick] [--sweeps]
 memdistill profile --n 100,1000,10000 --methods autograd,replay,checkpoint,reversible --out DIR
+memdistill profile --arch convnet --in-shape 3,32,32 --n 3,9,27,81 --out DIR
 memdistill batch JOB.toml --out DIR [--resume]
 """
 
