@@ -1,9 +1,12 @@
 """Many hypergradients at once: M models, each with its own synthetic data, learning rates and
 real batch (restarts × internal models of Algorithm 1).
 
-Plain ReLU MLPs of one shape go through one batched engine sweep (the fused or C++ step with
-B = their number); any other module runs :func:`memdistill.engine.hypergradient` on its own. Row i of
-the result belongs to ``models[i]`` whatever the grouping.
+Models of one architecture (:func:`architecture`: same module classes and settings, same
+parameter and buffer names, shapes and dtypes, equal constants) go through one batched engine
+sweep with B = their number: the fused or C++ step for plain ReLU MLPs, the generic step
+(vmap over the rows, or its loop when the module refuses vmap) for any other module. A model
+with no partner runs :func:`memdistill.engine.hypergradient` on its own (a lone plain MLP
+still takes the fused step's sweep). Row i of the result belongs to ``models[i]`` whatever the grouping.
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from torch import Tensor, nn
 
 from memdistill.engine.hypergradient import hypergradient, make_step, sweep
 from memdistill.engine.loop import Data
-from memdistill.engine.steps.fused import is_plain_mlp, mlp_layers
+from memdistill.engine.steps.fused import is_plain_mlp
 
-__all__ = ["Rows", "hypergradients", "shape_groups"]
+__all__ = ["Rows", "architecture", "hypergradients", "shape_groups"]
+
+_SETTING = (bool, int, float, str, type(None))
 
 
 class Rows(NamedTuple):
@@ -26,13 +31,42 @@ class Rows(NamedTuple):
     grad_y: Tensor | None   # [M, s, b(, C)] for float labels
 
 
+def _settings(module: nn.Module) -> tuple:
+    """The module's public plain attributes (training, stride, padding, eps, num_groups, …)."""
+    def plain(v: object) -> bool:
+        return isinstance(v, _SETTING) or (isinstance(v, tuple) and all(isinstance(e, _SETTING) for e in v))
+    return tuple(sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and plain(v)))
+
+
+def architecture(model: nn.Module) -> tuple:
+    """A hashable key: equal for modules that compute the same function of (θ, x), θ laid out
+    alike — the class and settings of every submodule, the name, shape, dtype and trainability
+    of every parameter, the name, shape and dtype of every buffer."""
+    modules = tuple((name, type(m), _settings(m)) for name, m in model.named_modules())
+    params = tuple((k, tuple(p.shape), p.dtype, p.requires_grad) for k, p in model.named_parameters())
+    buffers = tuple((k, tuple(b.shape), b.dtype) for k, b in model.named_buffers())
+    return modules, params, buffers
+
+
+def _constants(model: nn.Module) -> list[Tensor]:
+    """The tensors a step takes as constants: frozen parameters and buffers."""
+    return [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
+
+
 def shape_groups(models: list[nn.Module]) -> list[list[int]]:
-    """Indices of models that can share one sweep: plain MLPs of equal layer shapes; others alone."""
-    groups: dict[object, list[int]] = {}
+    """Indices of models that can share one sweep: one architecture (:func:`architecture`) and
+    equal constants (the step takes the first model's), in order of first appearance."""
+    groups: dict[object, list[list[int]]] = {}
     for i, model in enumerate(models):
-        key = tuple(mlp_layers(model)) if is_plain_mlp(model) else ("alone", i)
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
+        alike = groups.setdefault(architecture(model), [])
+        mine = _constants(model)
+        for group in alike:
+            if all(torch.equal(a, b) for a, b in zip(_constants(models[group[0]]), mine)):
+                group.append(i)
+                break
+        else:
+            alike.append([i])
+    return sorted((g for gs in groups.values() for g in gs), key=lambda g: g[0])
 
 
 def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
@@ -53,7 +87,7 @@ def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: T
                 grad_y[i] = hg.grad_y_syn
             continue
         data = Data(x_syn[idx].movedim(0, 1), y_syn[idx].movedim(0, 1), x_real[idx], y_real[idx])
-        step = make_step(models[rows[0]], None)
+        step = make_step(models[rows[0]], None, per_model=True)
         theta0 = torch.cat([step.flatten(models[i]) for i in rows])
         _, res = sweep(step, data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
                        momentum, method, snapshots)

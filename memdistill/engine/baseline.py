@@ -48,7 +48,7 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
         v = torch.zeros_like(theta)
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             for k in range(n):
-                (g,) = torch.autograd.grad(step.loss(theta, x[k % s], y[k % s]), theta, create_graph=True)
+                (g,) = torch.autograd.grad(step.loss(theta, x[k % s], y[k % s]).sum(), theta, create_graph=True)
                 v = momentum * v + g if momentum else g
                 theta = theta - lr[k] * v
             loss = step.loss(theta, data.x_real, data.y_real)

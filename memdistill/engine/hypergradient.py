@@ -18,7 +18,7 @@ from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp, mlp_layers
 from memdistill.engine.steps.generic import GenericStep, LossFn
 from memdistill.engine.validation import check_inputs, check_labels
 
-__all__ = ["Hypergradient", "hypergradient", "make_step", "sweep", "unrolled_loss"]
+__all__ = ["Hypergradient", "hypergradient", "make_step", "step_path", "sweep", "unrolled_loss"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,11 @@ STEPS = ("auto", "generic", "fused", "cpp")
 CPP_MAX_WIDTH = 32
 
 
-def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto") -> GenericStep:
-    """The Step for ``model``.
+def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
+              per_model: bool = False) -> GenericStep:
+    """The Step for ``model``; ``per_model``: the data carry one batch per model (a leading B axis
+    after the step axis, the layout of :func:`sweep` for many models), which the generic step
+    must be told (the fused steps read it from the shapes).
 
     "auto": for a plain ReLU MLP with the default loss the C++ op ("cpp") when memdistill.engine.steps._C
     has a kernel for the model's device and no layer is wider than CPP_MAX_WIDTH, else the
@@ -63,7 +66,7 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto") -> G
         raise ValueError(f"hypergradient: step={step!r} needs an nn.Sequential(Linear, ReLU, ..., Linear) "
                          "with biases and the default loss_fn; use step='auto' or 'generic'")
     if step == "generic" or not fusable:
-        return GenericStep(model, loss_fn)
+        return GenericStep(model, loss_fn, per_model=per_model)
     device = next(model.parameters()).device.type.upper()
     if step == "cpp" and device not in backend_info()["devices"]:
         raise ValueError(f"hypergradient: step='cpp' has no {device} kernel: {backend_info()['reason']}")
@@ -73,14 +76,22 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto") -> G
     return ExtensionMLPStep(model)
 
 
+def step_path(step: GenericStep) -> dict[str, Any]:
+    """stats entries saying how the step evaluates B rows: "step_batched" (one batched
+    computation, or a loop over the rows) and "step_path" (which, and why)."""
+    if step.name == "generic":
+        return {"step_batched": step.batched, "step_path": step.why}
+    return {"step_batched": True, "step_path": f"{step.name}: analytic, the B models in batched matmuls"}
+
+
 def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
           method: str = "checkpoint", snapshots: int | None = None, frac_bits: int = 44) -> tuple[str, Sweep]:
     """One forward and reverse sweep for B models at once, without argument checks.
 
-    θ0 [B, P]. With the generic step the data are shared by the B models (the layout of
-    :func:`hypergradient`); the fused step also takes one batch per model: x_syn [s, B, b, in],
-    y_syn [s, B, b(, C)], x_real [B, N, in], y_real [B, N(, C)], and lrs [n] shared or
-    [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.loop.Sweep`)
+    θ0 [B, P]. The data are shared by the B models (the layout of :func:`hypergradient`) or one
+    batch per model (the generic step built with ``per_model=True``; the fused step sees it from
+    the shapes): x_syn [s, B, b, *in], y_syn [s, B, b(, C)], x_real [B, N, *in], y_real
+    [B, N(, C)]; lrs [n] shared or [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.loop.Sweep`)
     whose gradients have the shapes of the inputs (of the summed losses) and whose loss holds
     the B models' outer losses [B].
     """
@@ -166,7 +177,7 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
         raise FloatingPointError(
             f"hypergradient: the outer loss is {loss.item()} after {lrs.shape[0]} inner steps: the inner "
             "loop diverged; lower lrs (or the scale of x_syn)")
-    stats = {"method": method, "schedule": schedule, "step": step.name, "steps": lrs.shape[0],
+    stats = {"method": method, "schedule": schedule, "step": step.name, **step_path(step), "steps": lrs.shape[0],
              "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
              "seconds": seconds}
     return Hypergradient(loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,
