@@ -54,10 +54,11 @@ the baseline is 500 full-batch gradient steps at lr 0.1."""
 
 IMAGE = Defaults(arch="lenet", models=1, steps=10, epochs=3, per_class=1, init="real", init_lr=0.1,
                  outer_lr=0.005, outer_epochs=1, batch_size=256, outer_steps=1000,
-                 baseline={"epochs": 20, "lr": 0.05, "momentum": 0.9, "batch_size": 128})
+                 baseline={"epochs": 20, "lr": 0.05, "momentum": 0.9, "batch_size": 128, "max_steps": 2000})
 """Wang et al.'s random-init setting (n = 30, one image per class and step, one fresh θ0 per
 outer step) with a real batch of 256, Adam at 0.005 and 1,000 outer steps; the baseline is 20 epochs of SGD
-(momentum 0.9, lr 0.05, batch 128): 0.98 on digits-images with LeNet."""
+(momentum 0.9, lr 0.05, batch 128), at most 2,000 steps: 0.98 on digits-images, 0.99 on MNIST
+with LeNet."""
 
 
 def defaults_for(is_image: bool) -> Defaults:
