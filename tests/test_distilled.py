@@ -67,3 +67,28 @@ def test_invalid_data_is_refused(tmp_path):
         DistilledData.load(other)
     with pytest.raises(FileNotFoundError):
         DistilledData.load(tmp_path / "missing.safetensors")
+
+
+def _rewrite_meta(path, edit):
+    """The file at path with its memdistill metadata passed through ``edit`` (a dict → dict)."""
+    import json
+
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["memdistill"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    safetensors.torch.save_file(tensors, str(path), metadata={"memdistill": json.dumps(edit(meta))})
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable safetensors file"),
+    (lambda p: p.write_text("x,y\n1,2\n"), "not a readable safetensors file"),
+    (lambda p: p.write_bytes(b""), "not a readable safetensors file"),
+    (lambda p: _rewrite_meta(p, lambda m: {**m, "format": "memdistill.DistilledData/9"}), "DistilledData/9"),
+    (lambda p: _rewrite_meta(p, lambda m: {k: v for k, v in m.items() if k != "config"}), "'config'"),
+])
+def test_a_damaged_file_is_a_value_error_naming_it(tmp_path, damage, match):
+    path = make().save(tmp_path / "d.safetensors")
+    damage(path)
+    with pytest.raises(ValueError, match=match) as error:
+        DistilledData.load(path)
+    assert str(path) in str(error.value)

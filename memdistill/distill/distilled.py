@@ -105,14 +105,32 @@ class DistilledData:
 
     @classmethod
     def load(cls, path: str | Path) -> DistilledData:
-        """Read a file written by :meth:`save` (same bits as saved)."""
+        """Read a file written by :meth:`save` (same bits as saved).
+
+        Raises:
+          FileNotFoundError: no file at ``path``.
+          ValueError: the file is not a safetensors file (truncated, corrupt, something else),
+            was not written by :meth:`save`, comes from a newer format, or holds inconsistent
+            tensors; the message names the file.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"DistilledData.load: no file at {str(path)!r}")
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            meta_json = (handle.metadata() or {}).get("memdistill")
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as handle:
+                meta_json = (handle.metadata() or {}).get("memdistill")
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        except Exception as error:  # the reader's own errors: truncated, bad header, not safetensors
+            raise ValueError(f"DistilledData.load: {str(path)!r} is not a readable safetensors file "
+                             f"({type(error).__name__}: {error})") from None
         if meta_json is None or set(tensors) != {"x", "y", "lrs"}:
-            raise ValueError(f"DistilledData.load: {str(path)!r} was not written by DistilledData.save")
-        meta = json.loads(meta_json)
-        return cls(**tensors, config=meta["config"], seed=meta["seed"], history=meta["history"])
+            raise ValueError(f"DistilledData.load: {str(path)!r} was not written by DistilledData.save "
+                             f"(tensors {sorted(tensors)}, memdistill metadata {'present' if meta_json else 'missing'})")
+        try:
+            meta = json.loads(meta_json)
+            version = meta["format"]
+            if version != FORMAT:
+                raise ValueError(f"format {version!r}, this memdistill reads {FORMAT!r}")
+            return cls(**tensors, config=meta["config"], seed=meta["seed"], history=meta["history"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"DistilledData.load: {str(path)!r} cannot be read: {error}") from None
