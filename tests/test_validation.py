@@ -45,7 +45,8 @@ CASES = [
     (dict(y_syn=lambda t: t.double().unsqueeze(-1).expand(-1, -1, 3)), ValueError, "y_syn has 3 soft-label columns but the model has 1 outputs"),
     (dict(x_syn="not a tensor"), TypeError, "x_syn must be a torch.Tensor, got str"),
     (dict(model=torch.nn.ReLU()), ValueError, "model has no trainable parameters"),
-    (dict(model="mlp"), TypeError, "model must be a torch.nn.Module"),
+    (dict(model="mlp"), TypeError, "model must be a torch.nn.Module, got str$"),
+    (dict(model=md.mlp("2-layer")), TypeError, r"model must be a torch.nn.Module, got MLP \(a factory of modules"),
     (dict(model=torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Dropout(0.5)).double()), ValueError,
      r"module '1' \(Dropout\) is random in training mode"),
 ]

@@ -44,7 +44,9 @@ def _labels(name: str, y: Tensor, lead: tuple[int, ...], dtype) -> None:
 def check_model(model: object) -> tuple:
     """The trainable parameters' (dtype, device); rejects modules that are random in training."""
     if not isinstance(model, nn.Module):
-        raise _fail(f"model must be a torch.nn.Module, got {type(model).__name__}", TypeError)
+        hint = (" (a factory of modules: pass a module, e.g. md.mlp('2-layer')() or fresh_model(arch, seed))"
+                if callable(model) else "")
+        raise _fail(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}", TypeError)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise _fail("model has no trainable parameters (requires_grad=True): there is nothing to unroll")
