@@ -378,10 +378,12 @@ def _report_accuracy(data: DistilledData, dataset: Dataset, archs: list, args: a
     """Print, per distinct arch, the test accuracy of --inits fresh models trained on ``data`` and
     of one trained on the full training split (the data kind's baseline)."""
     baseline = defaults_for(dataset.is_image).baseline
+    fixed = data.config.get("theta0") == "fixed"  # every model starts from the one fixed θ0
+    inits, what = (1, "the fixed θ0") if fixed else (args.inits, f"{args.inits} fresh models")
     for arch in {a.name: a for a in archs}.values():
-        accs = summarize(distilled_accuracies(data, dataset, arch, None, inits=args.inits, device=args.device))
+        accs = summarize(distilled_accuracies(data, dataset, arch, None, inits=inits, device=args.device))
         full = baseline_accuracies(dataset, arch, inits=1, device=args.device, **baseline)[0]
-        print(f"{arch.name}: {args.inits} fresh models trained on the distilled data: test accuracy "
+        print(f"{arch.name}: {what} trained on the distilled data: test accuracy "
               f"{accs['mean']:.3f} ± {accs['std']:.3f}; trained on the full training split: {full:.3f}")
 
 
