@@ -379,7 +379,7 @@ def _report_accuracy(data: DistilledData, dataset: Dataset, archs: list, args: a
     of one trained on the full training split (the data kind's baseline)."""
     baseline = defaults_for(dataset.is_image).baseline
     fixed = data.config.get("theta0") == "fixed"  # every model starts from the one fixed θ0
-    inits, what = (1, "the fixed θ0") if fixed else (args.inits, f"{args.inits} fresh models")
+    inits, what = (1, "the model from the fixed θ0") if fixed else (args.inits, f"{args.inits} fresh models")
     for arch in {a.name: a for a in archs}.values():
         accs = summarize(distilled_accuracies(data, dataset, arch, None, inits=inits, device=args.device))
         full = baseline_accuracies(dataset, arch, inits=1, device=args.device, **baseline)[0]
