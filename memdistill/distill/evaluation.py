@@ -5,6 +5,10 @@ full-batch gradient descent, ``θ ← θ − 0.1 ∇θ l(X_train, θ)``, one ste
 optimiser of the inner loop, on all the training data. The paper does not say which
 optimiser it used; this choice gives two moons test accuracies near 0.89 (1-layer),
 0.90–0.91 (2-layer) and ≈1.0 (4-layer). Adam would train the 2-layer network to ≈1.0.
+
+:func:`distilled_accuracies` and :func:`baseline_accuracies` train their models of one
+architecture together, as the rows of θ [B, P] (:func:`memdistill.distill.training.train_rows`,
+:func:`train_full_rows`), and test each row with :func:`row_accuracies`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from torch import nn
 
 from memdistill.data import Dataset
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.training import train_on
-from memdistill.engine.steps.generic import default_loss
+from memdistill.distill.training import batchable, load_rows, stack_rows, train_on, train_rows
+from memdistill.engine.hypergradient import make_step
+from memdistill.engine.steps.generic import GenericStep, default_loss
 from memdistill.models import fresh_model
 
 Summary = dict[str, float | list[float]]
@@ -37,6 +42,35 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of the N points whose predicted class equals ``y`` [N]."""
     return float((predict(model, x) == y.cpu()).double().mean())
+
+
+def _classes(out: torch.Tensor) -> torch.Tensor:
+    return ((out.squeeze(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(-1)).cpu()
+
+
+def predict_rows(step: GenericStep, theta: torch.Tensor, x: torch.Tensor, *, batched: bool = False) -> torch.Tensor:
+    """Class ids [B, N] of the B models θ [B, P] (the layout of ``step``) for inputs x [N, *in_shape].
+
+    ``batched=False``: one ``step.forward`` per row, the same computation as :func:`predict` on a
+    model holding the row (identical logits); True: one ``torch.func.vmap``-ed forward of the B
+    rows (batched kernels: the logits may differ from the row's in the last bits), the loop if
+    the module refuses the transform.
+    """
+    x = x.to(theta.device, theta.dtype)
+    with torch.no_grad():
+        if batched:
+            try:
+                return _classes(torch.func.vmap(step.forward, in_dims=(0, None))(theta, x))
+            except (RuntimeError, NotImplementedError, ValueError, TypeError):
+                pass
+        return torch.stack([_classes(step.forward(row, x)) for row in theta])
+
+
+def row_accuracies(
+    step: GenericStep, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, batched: bool = False
+) -> list[float]:
+    """:func:`accuracy` of each of the B models θ [B, P]; ``batched`` as in :func:`predict_rows`."""
+    return (predict_rows(step, theta, x, batched=batched) == y.cpu()).double().mean(1).tolist()
 
 
 def bootstrap_ci(
@@ -114,6 +148,56 @@ def train_full(
     return model
 
 
+def train_full_rows(
+    dataset: Dataset,
+    arch: Callable[[], nn.Module],
+    seeds: Sequence[int],
+    *,
+    epochs: int = 500,
+    lr: float = 0.1,
+    batch_size: int | None = None,
+    momentum: float = 0.0,
+    max_steps: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[GenericStep, torch.Tensor, list[nn.Module]] | None:
+    """:func:`train_full` for the seeds at once: (step, θ [B, P] trained, the fresh models), or
+    None when the architecture cannot be batched (buffers or frozen parameters).
+
+    The arithmetic of ``torch.optim.SGD`` on the rows (``v ← g`` first, then ``v ← γ v + g``;
+    ``θ ← θ − lr·v``); full batch: every row sees all of x_train; minibatches: row i sees the
+    shuffled batches drawn from seed i (a per-model step, x [B, b, *in])."""
+    models = [fresh_model(arch, seed).to(device) for seed in seeds]
+    if not models or not batchable(models[0]):
+        return None
+    step = make_step(models[0], None, per_model=batch_size is not None)
+    theta = stack_rows(step, models)
+    x, y = dataset.x_train.to(device), dataset.y_train.to(device)
+    orders = zip(*(itertools.islice(minibatches(len(x), batch_size, epochs, seed), max_steps) for seed in seeds))
+    velocity = None
+    with torch.no_grad():
+        for batches in orders:
+            if batch_size is None:
+                grads = step.value_and_grad(theta, x[batches[0].to(device)], y[batches[0].to(device)])[1]
+            else:
+                index = torch.stack(batches).to(device)
+                grads = step.value_and_grad(theta, x[index], y[index])[1]
+            if momentum:
+                velocity = grads.clone() if velocity is None else velocity.mul_(momentum).add_(grads)
+                grads = velocity
+            theta.add_(grads, alpha=-lr)
+    return step, theta, models
+
+
+def train_full_many(dataset: Dataset, arch: Callable[[], nn.Module], seeds: Sequence[int], **training: Any) -> list[nn.Module]:
+    """``[train_full(dataset, arch, seed, **training) for seed in seeds]``, trained as rows of one
+    batch (:func:`train_full_rows`; one at a time for an architecture that cannot be batched)."""
+    trained = train_full_rows(dataset, arch, seeds, **training)
+    if trained is None:
+        return [train_full(dataset, arch, seed, **training) for seed in seeds]
+    step, theta, models = trained
+    return load_rows(step, theta, models)
+
+
 def baseline_accuracies(
     dataset: Dataset,
     arch: Callable[[], nn.Module],
@@ -123,7 +207,12 @@ def baseline_accuracies(
     **training: Any,
 ) -> list[float]:
     """Test accuracies of the full-data baseline: model i is ``train_full(…, seed + i, **training)``
-    (``epochs``, ``lr``, ``batch_size``, ``momentum``, ``device``)."""
+    (``epochs``, ``lr``, ``batch_size``, ``momentum``, ``max_steps``, ``device``); the models
+    train together (:func:`train_full_rows`)."""
+    trained = train_full_rows(dataset, arch, range(seed, seed + inits), **training)
+    if trained is not None:
+        step, theta, _ = trained
+        return row_accuracies(step, theta, dataset.x_test, dataset.y_test)
     return [
         accuracy(train_full(dataset, arch, seed + i, **training), dataset.x_test, dataset.y_test)
         for i in range(inits)
@@ -141,7 +230,12 @@ def distilled_accuracies(
     device: str | torch.device | None = None,
     **strategy_constants: float,
 ) -> list[float]:
-    """Test accuracies of models trained on ``data``: model i is ``train_on(…, seed + i)``."""
+    """Test accuracies of models trained on ``data``: model i is ``train_on(…, seed + i)``; the
+    models train together (:func:`memdistill.distill.training.train_rows`)."""
+    trained = train_rows(data, arch, range(seed, seed + inits), strategy, device=device, **strategy_constants)
+    if trained is not None:
+        step, theta, _ = trained
+        return row_accuracies(step, theta, dataset.x_test, dataset.y_test)
     return [
         accuracy(
             train_on(data, arch, strategy, seed + i, device=device, **strategy_constants),
