@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "--quick",
         action="store_true",
-        help="a reduced protocol of about 2 minutes: "
+        help="a reduced protocol of about 15 seconds: "
         + ", ".join(f"{k}={v}" for k, v in reproduce.QUICK.items()),
     )
     repro.add_argument(
