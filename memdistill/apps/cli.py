@@ -332,11 +332,9 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 def _data_config(args: argparse.Namespace, dataset: Dataset) -> dict:
     """What DistilledData.config records of the data: how to load it again and how to show it."""
-    config = {"data": args.data, "label": args.label, "class_names": list(dataset.class_names)}
+    config = {"data": args.data, "label": args.label, **dataset.display()}
     if args.data_root is not None:
         config["data_root"] = str(Path(args.data_root).resolve())
-    if dataset.is_image:
-        config.update(mean=[float(v) for v in dataset.mean], std=[float(v) for v in dataset.std])
     return config
 
 

@@ -71,6 +71,12 @@ class Dataset:
         """Outputs of a classifier for this data: 1 logit for 2 classes, else C."""
         return 1 if self.classes == 2 else self.classes
 
+    def display(self) -> dict[str, list]:
+        """JSON values to show data made from this set as it looks: ``mean`` and ``std`` (per
+        feature or channel) and ``class_names`` (what DistilledData.config records)."""
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "class_names": list(self.class_names)}
+
     def normalize(self, x_raw: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Standardise raw inputs [..., *in_shape] as the data were: ``(x_raw − mean) / std``.
 

@@ -35,8 +35,7 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Class ids [N] for inputs x [N, *in_shape]: logit > 0 for one output, else argmax."""
     first = next(model.parameters())
     with torch.no_grad():
-        out = model(x.to(first.device, first.dtype))
-    return ((out.squeeze(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(-1)).cpu()
+        return _classes(model(x.to(first.device, first.dtype)))
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -45,6 +44,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _classes(out: torch.Tensor) -> torch.Tensor:
+    """Class ids [...] on the CPU of logits [..., 1 or C]: logit > 0, or the argmax."""
     return ((out.squeeze(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(-1)).cpu()
 
 

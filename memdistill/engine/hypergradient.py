@@ -18,7 +18,7 @@ from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp, mlp_layers
 from memdistill.engine.steps.generic import GenericStep, LossFn
 from memdistill.engine.validation import check_inputs, check_labels
 
-__all__ = ["Hypergradient", "hypergradient", "make_step", "step_path", "sweep", "unrolled_loss"]
+__all__ = ["Hypergradient", "hypergradient", "make_step", "sweep", "unrolled_loss"]
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,6 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
     if step == "fused" or device not in backend_info()["devices"] or (step == "auto" and widest > CPP_MAX_WIDTH):
         return FusedMLPStep(model)
     return ExtensionMLPStep(model)
-
-
-def step_path(step: GenericStep) -> dict[str, Any]:
-    """stats entries saying how the step evaluates B rows: "step_batched" (one batched
-    computation, or a loop over the rows) and "step_path" (which, and why)."""
-    if step.name == "generic":
-        return {"step_batched": step.batched, "step_path": step.why}
-    return {"step_batched": True, "step_path": f"{step.name}: analytic, the B models in batched matmuls"}
 
 
 def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
@@ -177,7 +169,8 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
         raise FloatingPointError(
             f"hypergradient: the outer loss is {loss.item()} after {lrs.shape[0]} inner steps: the inner "
             "loop diverged; lower lrs (or the scale of x_syn)")
-    stats = {"method": method, "schedule": schedule, "step": step.name, **step_path(step), "steps": lrs.shape[0],
+    stats = {"method": method, "schedule": schedule, "step": step.name, "step_batched": step.batched,
+             "step_path": step.why, "steps": lrs.shape[0],
              "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
              "seconds": seconds}
     return Hypergradient(loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,

@@ -68,6 +68,7 @@ class FusedMLPStep(GenericStep):
             raise ValueError("FusedMLPStep: model must be nn.Sequential(Linear, ReLU, ..., Linear) with biases")
         super().__init__(model, None)
         self.layers = mlp_layers(model)
+        self.why = f"{self.name}: analytic, the B models in batched matmuls"
 
     def params(self, theta: Tensor) -> list[tuple[Tensor, Tensor]]:
         """[(W_l [B, out, in], b_l [B, out])] as views of θ [B, P]."""

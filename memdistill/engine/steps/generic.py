@@ -217,8 +217,12 @@ class GenericStep:
         return vmap(fn, in_dims=(0, data, data, *(0 for _ in rest)))(theta, x, y, *rest)
 
     def _batched_reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple:
-        g, hvp, dx, *dy = self._vmap(self._row_reverse, theta, x, y, w)
-        if not self.per_model:  # a shared batch collects every model's term
+        return self._collect(*self._vmap(self._row_reverse, theta, x, y, w))
+
+    def _collect(self, g: Tensor, hvp: Tensor, dx: Tensor, *dy: Tensor) -> tuple:
+        """(g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw or None) from per-row terms; a shared batch sums every
+        model's data terms."""
+        if not self.per_model:
             dx, dy = dx.sum(0), [t.sum(0) for t in dy]
         return g, hvp, dx, (dy[0] if dy else None)
 
@@ -254,7 +258,4 @@ class GenericStep:
         """Forward-over-reverse one row at a time (torch.func without vmap)."""
         rows = [self._row_reverse(row, a, b, v)
                 for (row, a, b), v in zip(self._rows(theta, x, y), w.unbind(0))]
-        g, hvp, dx, *dy = (torch.stack(parts) for parts in zip(*rows))
-        if not self.per_model:
-            dx, dy = dx.sum(0), [t.sum(0) for t in dy]
-        return g, hvp, dx, (dy[0] if dy else None)
+        return self._collect(*(torch.stack(parts) for parts in zip(*rows)))
