@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memdistill.distill.training import stack_rows
 from memdistill.engine.hypergradient import hypergradient, make_step, sweep
 from memdistill.engine.loop import Data
 from memdistill.engine.steps.fused import is_plain_mlp
@@ -88,7 +89,7 @@ def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: T
             continue
         data = Data(x_syn[idx].movedim(0, 1), y_syn[idx].movedim(0, 1), x_real[idx], y_real[idx])
         step = make_step(models[rows[0]], None, per_model=True)
-        theta0 = torch.cat([step.flatten(models[i]) for i in rows])
+        theta0 = stack_rows(step, [models[i] for i in rows])
         _, res = sweep(step, data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
                        momentum, method, snapshots)
         loss[idx] = res.loss
