@@ -74,12 +74,24 @@ def test_distill_then_evaluate(tmp_path, capsys):
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert set(result["table"]) == {"none", "s2"} and set(result["table"]["s2"]) == {"1-layer", "4-layer"}
     assert result["table"]["none"]["1-layer"]["n"] == 2 and set(result["baseline"]) == {"1-layer", "4-layer"}
+    for by_arch in result["table"].values():
+        for summary in by_arch.values():
+            _check_summary(summary, inits=2)
 
 
-def _check_summary(summary):
-    assert 0.0 <= summary["mean"] <= 1.0 and 0.0 <= summary["std"] <= 1.0
+def _check_summary(summary, inits, n_test=500):
+    """A summary of ``inits`` accuracies on the n_test test points: its mean is a whole number of
+    correct answers over inits · n_test, and one init has no spread."""
+    assert summary["n"] == inits
+    correct = summary["mean"] * inits * n_test
+    assert abs(correct - round(correct)) < 1e-6, summary
     low, high = summary["ci95"]
-    assert 0.0 <= low <= summary["mean"] <= high <= 1.0
+    assert low <= summary["mean"] <= high
+    if inits == 1:
+        assert summary["std"] == 0.0 and low == high == summary["mean"]
+    if inits == 2:  # std (ddof 1) of a, b is |a − b|/√2: both accuracies are whole counts again
+        for accuracy in (summary["mean"] - summary["std"] / 2**0.5, summary["mean"] + summary["std"] / 2**0.5):
+            assert abs(accuracy * n_test - round(accuracy * n_test)) < 1e-6, summary
 
 
 def test_tiny_reproduce_writes_results_report_and_figures(tmp_path):
@@ -109,13 +121,11 @@ def test_tiny_reproduce_writes_results_report_and_figures(tmp_path):
     for table in [*results["table1"].values(), results["table2"]]:
         assert set(table) == set(STRATEGIES)
         assert all(set(by_arch) == set(ARCHS) for by_arch in table.values())
-    summaries = [
-        *results["baseline"].values(),
-        *(s for t in results["table1"].values() for a in t.values() for s in a.values()),
-        *(s for a in results["table2"].values() for s in a.values()),
-    ]
-    for summary in summaries:
-        _check_summary(summary)
+    for summary in results["baseline"].values():
+        _check_summary(summary, inits=2)
+    for summary in [*(s for t in results["table1"].values() for a in t.values() for s in a.values()),
+                    *(s for a in results["table2"].values() for s in a.values())]:
+        _check_summary(summary, inits=1)
     assert set(results["sweeps"]) == {"epochs", "steps", "models"}
     assert (
         results["config"]["steps"] == 2 and results["config"]["outer_lr"] == 0.05 and results["seconds"] > 0
@@ -159,13 +169,13 @@ def test_reproduce_results_do_not_depend_on_jobs(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["distill", "--data", "mnist"], "unknown data set 'mnist'"),
+        (["distill", "--data", "mnist"], "--data mnist reads its files from a local folder"),
         (["distill", "--arch", "huge"], "unknown arch name 'huge'"),
         (
             ["distill", "--arch", "1-layer", "--arch", "2-layer", "--models", "3"],
             "--models 3 does not match the 2 --arch values",
         ),
-        (["distill", "--per-class", "0"], "per_class must be an int >= 1, got 0"),
+        (["distill", "--per-class", "0"], "argument --per-class: expected an integer >= 1, got 0"),
         (["evaluate", "missing-dir"], "no file at"),
     ],
 )

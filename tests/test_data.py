@@ -67,11 +67,60 @@ def test_bad_input_is_a_clear_value_error(tmp_path, call, message):
         call(path)
 
 
-def test_csv_with_nan_feature_is_refused(tmp_path):
+def _rows(n=12):
+    """A valid CSV body: features a, b and label y (two classes), n rows."""
+    return "".join(f"{i},{i * i},{i % 2}\n" for i in range(n))
+
+
+@pytest.mark.parametrize(
+    "content, label, message",
+    [
+        ("", "y", "is empty: expected a header row"),
+        ("\n\n", "y", "is empty"),
+        ("a,b,y\n", "y", "has 0 data row"),
+        ("a,b,y\n" + _rows(), "target", r"label column 'target' not in .*; columns: \['a', 'b', 'y'\]"),
+        ("a,b,y\n" + _rows(5) + "4,zebra,1\n" + _rows(5), "y",
+         "line 7, column 'b': expected a number, got 'zebra'"),
+        ("a,b,y\n" + _rows(3) + "nan,1,0\n" + _rows(5), "y", "line 5, column 'a': expected a finite number, got 'nan'"),
+        ("a,b,y\n" + _rows(3) + "1,-inf,0\n", "y", "line 5, column 'b': expected a finite number, got '-inf'"),
+        ("a,b,y\n" + _rows(3) + "1,,0\n", "y", "line 5, column 'b': expected a number, got ''"),
+        ("a,b,y\n" + "".join(f"{i},{i},same\n" for i in range(9)), "y", "holds only the class 'same', expected at least 2"),
+        ("a,b,y\n" + _rows(3) + "1,2\n", "y", "line 5 has 2 fields, expected 3"),
+        ("a,b,y\n" + _rows(3) + "1,2,0,9\n", "y", "line 5 has 4 fields, expected 3"),
+        ("a,b,y\n" + _rows(3) + "1,2,\n", "y", "line 5 has an empty label in column 'y'"),
+        ("y,a,y\n" + _rows(4), "y", "has 2 columns named 'y'"),
+        ("y\n0\n1\n", "y", "no feature columns besides the label column 'y'"),
+        ("a,y\n1,0\n2,1\n3,1\n", "y", "cannot be split into train and test parts"),
+    ],
+)
+def test_a_bad_csv_is_a_value_error_naming_the_file(tmp_path, content, label, message):
     path = tmp_path / "set.csv"
-    path.write_text("a,y\n" + "".join(f"{'nan' if i == 3 else i},{i % 2}\n" for i in range(9)))
-    with pytest.raises(ValueError, match="first at row 3, column 0"):
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_dataset(str(path), label=label)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("blob, message", [
+    (b"a,y\n\xff\xfe\x00\x01,0\n", "is not a UTF-8 text file"),
+    (b"a,y\n1\x00,0\n", "is not a readable CSV file|expected a number"),
+])
+def test_a_binary_file_is_not_read_as_csv(tmp_path, blob, message):
+    path = tmp_path / "set.csv"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=message) as error:
         load_dataset(str(path), label="y")
+    assert str(path) in str(error.value)
+
+
+def test_csv_reads_every_row_and_value(tmp_path):
+    path = tmp_path / "set.csv"
+    path.write_text("\ufeffa,y,b\n" + "".join(f" {i / 4},{'p' if i < 6 else 'q'},{-i}\n\n" for i in range(12)))
+    from memdistill.data.tabular import read_csv
+
+    features, labels = read_csv(path, "y")
+    assert features.tolist() == [[i / 4, -i] for i in range(12)]
+    assert labels.tolist() == ["p"] * 6 + ["q"] * 6
 
 
 @pytest.mark.parametrize(
@@ -130,3 +179,14 @@ def test_summary_and_bootstrap():
     assert bootstrap_ci(values) == summary["ci95"]  # fixed seed: reproducible
     assert summarize([0.5]) == {"mean": 0.5, "std": 0.0, "ci95": [0.5, 0.5], "n": 1}
     assert median_index([0.3, 0.9, 0.1, 0.5]) == 0
+
+
+def test_class_names_file_that_is_not_text_is_named(tmp_path):
+    from memdistill.data.images import read_class_names
+
+    path = tmp_path / "batches.meta.txt"
+    path.write_text("cat\n\n dog \n")
+    assert read_class_names(path) == ("cat", "dog")
+    path.write_bytes(b"\xff\xfe\x00cat")
+    with pytest.raises(ValueError, match=f"read_class_names: {path} must be a UTF-8 text file"):
+        read_class_names(path)

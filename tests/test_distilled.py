@@ -79,12 +79,38 @@ def _rewrite_meta(path, edit):
     safetensors.torch.save_file(tensors, str(path), metadata={"memdistill": json.dumps(edit(meta))})
 
 
+def _rewrite_tensors(path, edit, metadata=None):
+    """The file at path with its tensors passed through ``edit`` (a dict → dict), its metadata
+    kept (or replaced by ``metadata``)."""
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() if metadata is None else metadata
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    safetensors.torch.save_file({k: v.contiguous() for k, v in edit(tensors).items()}, str(path), metadata=metadata)
+
+
 @pytest.mark.parametrize("damage, match", [
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable safetensors file"),
     (lambda p: p.write_text("x,y\n1,2\n"), "not a readable safetensors file"),
     (lambda p: p.write_bytes(b""), "not a readable safetensors file"),
     (lambda p: _rewrite_meta(p, lambda m: {**m, "format": "memdistill.DistilledData/9"}), "DistilledData/9"),
     (lambda p: _rewrite_meta(p, lambda m: {k: v for k, v in m.items() if k != "config"}), "'config'"),
+    (lambda p: _rewrite_meta(p, lambda m: {**m, "format": "memdistill.DistilledData/2"}),
+     "comes from a newer memdistill: upgrade"),
+    (lambda p: _rewrite_meta(p, lambda m: {**m, "seed": "7"}), "'seed' must be a JSON int, got str"),
+    (lambda p: _rewrite_meta(p, lambda m: {**m, "config": [1]}), "'config' must be a JSON dict, got list"),
+    (lambda p: _rewrite_meta(p, lambda m: {**m, "history": [0.5, "x"]}), "'history' must be a list of numbers"),
+    (lambda p: _rewrite_meta(p, lambda m: [m]), "must be a JSON object with a 'format'"),
+    (lambda p: _rewrite_tensors(p, lambda t: t, metadata={"memdistill": "{oops"}), "memdistill metadata is not JSON"),
+    (lambda p: _rewrite_tensors(p, lambda t: {k: v for k, v in t.items() if k != "lrs"}), r"missing \['lrs'\]"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "extra": t["x"].clone()}), r"unexpected \['extra'\]"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "lrs": t["lrs"][:7]}), r"multiple of s = 5 values, got .* \[7\]"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "lrs": t["lrs"].view(2, 5)}), "lrs must be a 1-D floating"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "x": t["x"][:, :, 0]}), r"x must be a floating tensor \[s, b"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "x": t["x"].to(torch.int32)}), "x must be a floating tensor"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "y": t["y"][:3]}), r"y must start with x's \[s, b\] = \[5, 8\]"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "y": t["y"].to(torch.int32)}), "y must be int64 class ids"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "lrs": t["lrs"].to(torch.int64)}), "lrs must be a 1-D floating"),
+    (lambda p: _rewrite_tensors(p, lambda t: {**t, "x": t["x"] * float("inf")}), "must be finite"),
 ])
 def test_a_damaged_file_is_a_value_error_naming_it(tmp_path, damage, match):
     path = make().save(tmp_path / "d.safetensors")
@@ -92,3 +118,52 @@ def test_a_damaged_file_is_a_value_error_naming_it(tmp_path, damage, match):
     with pytest.raises(ValueError, match=match) as error:
         DistilledData.load(path)
     assert str(path) in str(error.value)
+
+
+def test_a_file_that_is_a_folder_or_missing_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no file at .*missing.safetensors"):
+        DistilledData.load(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match=f"no file at '{tmp_path}'"):
+        DistilledData.load(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [1, 8, 9, 100, -1])
+def test_every_truncation_is_refused(tmp_path, cut):
+    path = make().save(tmp_path / "d.safetensors")
+    blob = path.read_bytes()
+    path.write_bytes(blob[:cut] if cut > 0 else blob[:cut - 4])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        DistilledData.load(path)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_repr_is_one_line_summary(soft):
+    data = make(soft=soft)
+    data.history = [0.5] * 10_000
+    text = repr(data)
+    assert "\n" not in text and len(text) < 300
+    label = "[5, 8, 3] soft" if soft else "[5, 8] class-id"
+    assert text == (f"DistilledData(x=[5, 8, 2] float32, y={label}, lrs=10 (s=5 × e=2), momentum=0.5, "
+                    "archs=['2-layer'], seed=7, outer_steps=10000)")
+
+
+class _Payload:
+    """Unpickling it would create a file: the proof that a pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path):
+    from memdistill.distill.resume import load_state, save_state
+
+    marker, path = tmp_path / "executed", tmp_path / "state.pt"
+    torch.save({"version": 1, "fingerprint": {}, "state": _Payload(marker)}, path)
+    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt or not a memdistill state"):
+        load_state(path, {})
+    assert not marker.exists()
+    save_state(path, {"seed": 1}, {"x": torch.ones(2)})  # a real one still loads
+    assert torch.equal(load_state(path, {"seed": 1})["x"], torch.ones(2))

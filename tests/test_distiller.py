@@ -98,20 +98,27 @@ def test_distilled_data_beats_as_many_random_real_points(seed):
 
 @pytest.mark.parametrize("classes, outputs", [(2, 1), (3, 3)])
 def test_soft_labels_are_learned_probabilities(classes, outputs):
+    """The soft labels start at 0.9 on each object's class and move by Adam steps: each free logit
+    by at most outer_lr · (1 − β1)/√(1 − β2) per outer step (Kingma & Ba 2015, §2.1)."""
     dataset = MOONS if classes == 2 else load_dataset("blobs")
-    distiller = Distiller([mlp("2-layer", out_features=outputs)], soft_labels=True, **TINY)
+    distiller = Distiller([mlp("2-layer", out_features=outputs)], soft_labels=True, outer_lr=0.01, **TINY)
     data = distiller.fit(dataset.x_train, dataset.y_train, outer_epochs=1, batch_size=250)
     assert data.y.is_floating_point() and data.y.shape == (
         (3, 2 * classes) if outputs == 1 else (3, 2 * classes, 3)
     )
-    assert bool(((data.y > 0) & (data.y < 1)).all())
-    start = (
-        torch.sigmoid(soft_label_logits(balanced_labels(3, 2, 2), 1, torch.float32)) if outputs == 1 else None
-    )
-    if start is not None:
-        assert not torch.allclose(data.y, start)
-    else:
-        torch.testing.assert_close(data.y.sum(-1), torch.ones(3, 6))
+    labels = balanced_labels(3, 2, classes)
+    start = soft_label_logits(labels, outputs, torch.float64)
+    y = data.y.double()
+    if outputs == 1:  # the logit u of sigmoid(u) = y, against its start
+        moved = torch.log(y / (1 - y)) - start
+        assert torch.equal(y > 0.5, labels.bool())
+    else:  # softmax logits are free up to a constant per object: compare differences to class 0
+        moved = (torch.log(y) - torch.log(y[..., :1])) - (start - start[..., :1])
+        assert torch.equal(y.argmax(-1), labels)
+    steps = len(data.history)
+    assert steps == 4
+    bound = steps * 0.01 * (1 - 0.9) / (1 - 0.999) ** 0.5 * (1 if outputs == 1 else 2)
+    assert 1e-4 < float(moved.abs().max()) <= bound * (1 + 1e-4), (float(moved.abs().max()), bound)
 
 
 def test_divergence_raises_a_clear_error():

@@ -94,3 +94,45 @@ def test_train_on_is_seeded_and_uses_the_data_dtype():
     assert not torch.equal(first[0].weight, other[0].weight)
     untrained = fresh_model(mlp("2-layer"), 0, torch.float64)
     assert not torch.equal(first[0].weight, untrained[0].weight)
+
+
+def _hand_lrs(strategy: str, total_epochs: int) -> list[float]:
+    """The rates of each strategy for s = 2, the learned LEARNED (e = 3), written out per step."""
+    learned = LEARNED.tolist()
+    if strategy == "none":
+        return learned
+    if strategy == "s1":  # 0.3, ×1.1 per epoch for 10 epochs, then ×0.95 per epoch; constant in an epoch
+        return [0.3 * 1.1 ** min(e, 10) * 0.95 ** max(e - 10, 0) for e in range(total_epochs) for _ in range(2)]
+    if strategy == "s2":  # the learned 3 epochs again and again, ×0.98 per repetition
+        return [0.98 ** (k // 6) * learned[k % 6] for k in range(2 * total_epochs)]
+    # s3: the learned 3 epochs, then the last epoch's two rates ×0.98 more each epoch
+    return learned + [0.98 ** (e - 2) * learned[4 + i] for e in range(3, total_epochs) for i in range(2)]
+
+
+@pytest.mark.parametrize("strategy", ["none", "s1", "s2", "s3"])
+@pytest.mark.parametrize("momentum", [0.0, 0.7])
+def test_train_on_applies_the_strategy_and_the_momentum(strategy, momentum):
+    """train_on equals a hand loop: the strategy's rates, the recorded momentum, batch k % s."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 2, generator=g, dtype=torch.float64)
+    y = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 1]])
+    data = DistilledData(x, y, LEARNED, {"momentum": momentum})
+    trained = train_on(data, mlp("2-layer"), strategy, seed=4, total_epochs=12)
+    model = fresh_model(mlp("2-layer"), 4, torch.float64)
+    params, velocity = list(model.parameters()), [torch.zeros_like(p) for p in model.parameters()]
+    lrs = _hand_lrs(strategy, 12)
+    assert len(lrs) == (6 if strategy == "none" else 24)
+    for k, lr in enumerate(lrs):
+        z = model(x[k % 2]).squeeze(-1)
+        loss = (z.clamp(min=0) - z * y[k % 2] + torch.log1p(torch.exp(-z.abs()))).mean()  # BCE with logits
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, v, g_ in zip(params, velocity, grads):
+                v.mul_(momentum).add_(g_)
+                p.sub_(lr * v)
+    for ours, hand in zip(trained.parameters(), params):
+        torch.testing.assert_close(ours, hand, rtol=1e-12, atol=1e-14)
+    if momentum:  # the momentum matters: the same rates without it end elsewhere
+        plain = train_on(DistilledData(x, y, LEARNED, {"momentum": 0.0}), mlp("2-layer"), strategy, seed=4,
+                         total_epochs=12)
+        assert max(float((a - b).detach().abs().max()) for a, b in zip(plain.parameters(), params)) > 1e-3

@@ -159,7 +159,11 @@ def read_cifar_binary(
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
     """Read a text file of class names, one a line (blank lines skipped), e.g. CIFAR's ``batches.meta.txt``."""
-    return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"read_class_names: {path} must be a UTF-8 text file of class names, one a line ({error})") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def read_image_folder(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

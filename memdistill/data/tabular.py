@@ -128,6 +128,10 @@ def load_tabular(
         features, labels = bunch.data, bunch.target
     else:
         features, labels = read_csv(name, label)
+        try:
+            return split_dataset(features, labels, name=name, test_size=test_size, seed=seed)
+        except ValueError as error:  # e.g. a class too small to stratify: name the file
+            raise ValueError(f"load_tabular: {name!r} cannot be split into train and test parts: {error}") from None
     return split_dataset(features, labels, name=name, test_size=test_size, seed=seed)
 
 
@@ -145,26 +149,68 @@ def read_csv(path: str | Path, label: str | None) -> tuple[np.ndarray, np.ndarra
     """Read a CSV file with a header row: numeric feature columns and one label column.
 
     Returns:
-      features float64 [N, F] (every column but ``label``) and labels [N] (strings).
+      features float64 [N, F] (every column but ``label``; finite) and labels [N] (strings,
+      at least two distinct values).
+
+    Raises:
+      ValueError: naming the file (and the line and column where it helps) for a missing file,
+        one that is not UTF-8 text or not CSV, an empty one, a missing or repeated label column,
+        no feature columns, a row of the wrong width, a value that is not a finite number, an
+        empty label, or fewer than two rows or classes.
     """
     if label is None:
         raise ValueError(f"read_csv: label must name the label column of {str(path)!r}, got None")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"read_csv: path must be an existing CSV file, got {str(path)!r}")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    header, body = rows[0] if rows else [], [row for row in rows[1:] if row]
+    where = f"read_csv: {str(path)!r}"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{where} is not a UTF-8 text file ({error})") from None
+    except csv.Error as error:
+        raise ValueError(f"{where} is not a readable CSV file ({error})") from None
+    if not rows:
+        raise ValueError(f"{where} is empty: expected a header row naming the columns, then one row per sample")
+    header, body = rows[0][1], rows[1:]
     if label not in header:
         raise ValueError(f"read_csv: label column {label!r} not in {str(path)!r}; columns: {header}")
+    if header.count(label) > 1:
+        raise ValueError(f"{where} has {header.count(label)} columns named {label!r}, expected one label column")
+    if len(header) < 2:
+        raise ValueError(f"{where} has no feature columns besides the label column {label!r}")
     column = header.index(label)
-    try:
-        features = np.array(
-            [[float(v) for i, v in enumerate(row) if i != column] for row in body], dtype=np.float64
-        )
-    except ValueError as error:
-        raise ValueError(f"read_csv: feature columns of {str(path)!r} must be numeric ({error})") from None
-    return features.reshape(len(body), len(header) - 1), np.array([row[column] for row in body])
+    features = np.array([_numeric_row(row, line, header, column, where) for line, row in body],
+                        dtype=np.float64).reshape(len(body), len(header) - 1)
+    labels = np.array([row[column] for _, row in body])
+    if len(body) < 2:
+        raise ValueError(f"{where} has {len(body)} data row(s), expected at least 2")
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"{where}: label column {label!r} holds only the class {str(labels[0])!r}, "
+                         "expected at least 2 classes")
+    return features, labels
+
+
+def _numeric_row(row: list[str], line: int, header: list[str], column: int, where: str) -> list[float]:
+    """The finite numbers of a CSV row's feature fields; ValueError naming the line and column."""
+    if len(row) != len(header):
+        raise ValueError(f"{where} line {line} has {len(row)} fields, expected {len(header)} like the header")
+    if not row[column].strip():
+        raise ValueError(f"{where} line {line} has an empty label in column {header[column]!r}")
+    values = []
+    for i, text in enumerate(row):
+        if i == column:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{where} line {line}, column {header[i]!r}: expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where} line {line}, column {header[i]!r}: expected a finite number, got {text!r}")
+        values.append(value)
+    return values
 
 
 def split_dataset(

@@ -43,19 +43,35 @@ class DistilledData:
     history: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        steps = self.x.shape[0]
-        if self.y.shape[:2] != self.x.shape[:2]:
+        for name in ("x", "y", "lrs"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise TypeError(f"DistilledData: {name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        if self.x.ndim < 3 or not self.x.is_floating_point():
+            raise ValueError(f"DistilledData: x must be a floating tensor [s, b, *in_shape], "
+                             f"got {self.x.dtype} of shape {list(self.x.shape)}")
+        if self.y.shape[:2] != self.x.shape[:2] or self.y.ndim > 3:
             raise ValueError(
                 f"DistilledData: y must start with x's [s, b] = {list(self.x.shape[:2])}, "
                 f"got shape {list(self.y.shape)}"
             )
-        if self.lrs.ndim != 1 or self.lrs.numel() % steps:
+        if not (self.y.is_floating_point() or (self.y.dtype == torch.int64 and self.y.ndim == 2)):
+            raise ValueError(f"DistilledData: y must be int64 class ids [s, b] or floating soft labels, "
+                             f"got {self.y.dtype} of shape {list(self.y.shape)}")
+        if self.lrs.ndim != 1 or self.lrs.numel() % self.steps or not self.lrs.is_floating_point():
             raise ValueError(
-                f"DistilledData: lrs must be 1-D with a multiple of s = {steps} values, "
-                f"got shape {list(self.lrs.shape)}"
+                f"DistilledData: lrs must be a 1-D floating tensor with a multiple of s = {self.steps} values, "
+                f"got {self.lrs.dtype} of shape {list(self.lrs.shape)}"
             )
         if not all(bool(torch.isfinite(t).all()) for t in (self.x, self.y.float(), self.lrs)):
             raise ValueError("DistilledData: x, y and lrs must be finite, got NaN or inf")
+
+    def __repr__(self) -> str:
+        """One line: shapes, dtypes, steps × epochs, momentum, architectures, seed, outer steps."""
+        archs = self.config.get("archs")
+        label = "soft" if self.y.is_floating_point() else "class-id"
+        return (f"DistilledData(x={list(self.x.shape)} {str(self.x.dtype).removeprefix('torch.')}, "
+                f"y={list(self.y.shape)} {label}, lrs={self.lrs.numel()} (s={self.steps} × e={self.epochs}), "
+                f"momentum={self.momentum:g}, archs={archs!r}, seed={self.seed}, outer_steps={len(self.history)})")
 
     @property
     def steps(self) -> int:
@@ -110,8 +126,9 @@ class DistilledData:
         Raises:
           FileNotFoundError: no file at ``path``.
           ValueError: the file is not a safetensors file (truncated, corrupt, something else),
-            was not written by :meth:`save`, comes from a newer format, or holds inconsistent
-            tensors; the message names the file.
+            was not written by :meth:`save` (missing or extra tensors, no memdistill metadata),
+            comes from a newer format, or holds tensors of the wrong shapes or dtypes or
+            metadata of the wrong types; the message names the file and what was expected.
         """
         path = Path(path)
         if not path.is_file():
@@ -123,14 +140,42 @@ class DistilledData:
         except Exception as error:  # the reader's own errors: truncated, bad header, not safetensors
             raise ValueError(f"DistilledData.load: {str(path)!r} is not a readable safetensors file "
                              f"({type(error).__name__}: {error})") from None
-        if meta_json is None or set(tensors) != {"x", "y", "lrs"}:
-            raise ValueError(f"DistilledData.load: {str(path)!r} was not written by DistilledData.save "
-                             f"(tensors {sorted(tensors)}, memdistill metadata {'present' if meta_json else 'missing'})")
         try:
-            meta = json.loads(meta_json)
-            version = meta["format"]
-            if version != FORMAT:
-                raise ValueError(f"format {version!r}, this memdistill reads {FORMAT!r}")
-            return cls(**tensors, config=meta["config"], seed=meta["seed"], history=meta["history"])
-        except (ValueError, KeyError, TypeError) as error:
+            return cls(**_checked_tensors(tensors, meta_json), **_checked_meta(meta_json))
+        except (ValueError, TypeError) as error:
             raise ValueError(f"DistilledData.load: {str(path)!r} cannot be read: {error}") from None
+
+
+def _checked_tensors(tensors: dict[str, torch.Tensor], meta_json: str | None) -> dict[str, torch.Tensor]:
+    """{x, y, lrs} of a file; ValueError naming the tensors missing or unexpected."""
+    missing, extra = sorted({"x", "y", "lrs"} - set(tensors)), sorted(set(tensors) - {"x", "y", "lrs"})
+    if meta_json is None or missing or extra:
+        raise ValueError(f"it was not written by DistilledData.save: expected the tensors ['lrs', 'x', 'y'] "
+                         f"and memdistill metadata, got tensors {sorted(tensors)} (missing {missing}, "
+                         f"unexpected {extra}), metadata {'present' if meta_json is not None else 'missing'}")
+    return tensors
+
+
+def _checked_meta(meta_json: str) -> dict[str, Any]:
+    """config, seed and history of the JSON metadata; ValueError for a newer format or wrong types."""
+    try:
+        meta = json.loads(meta_json)
+    except ValueError as error:
+        raise ValueError(f"its memdistill metadata is not JSON ({error})") from None
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise ValueError(f"its memdistill metadata must be a JSON object with a 'format', got {meta_json[:80]!r}")
+    version = meta["format"]
+    if version != FORMAT:
+        prefix, _, number = str(version).partition("/")
+        newer = prefix == FORMAT.split("/")[0] and number.isdigit() and int(number) > int(FORMAT.split("/")[1])
+        raise ValueError(f"format {version!r}, this memdistill reads {FORMAT!r}"
+                         + ("; it comes from a newer memdistill: upgrade to read it" if newer else ""))
+    expected = {"config": dict, "seed": int, "history": list}
+    for key, kind in expected.items():
+        if key not in meta:
+            raise ValueError(f"its memdistill metadata lacks the key {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise ValueError(f"metadata {key!r} must be a JSON {kind.__name__}, got {type(meta[key]).__name__}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta["history"]):
+        raise ValueError("metadata 'history' must be a list of numbers (the outer losses)")
+    return {key: meta[key] for key in expected}
