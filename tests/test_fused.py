@@ -99,3 +99,57 @@ def test_auto_takes_the_cpp_step_only_for_narrow_mlps():
     narrow, wide = mlp([2, CPP_MAX_WIDTH, 1]), mlp([2, CPP_MAX_WIDTH + 1, 1])
     assert make_step(narrow, None).name == ("cpp" if extension_available() else "fused")
     assert make_step(wide, None).name == "fused"
+
+
+@pytest.mark.parametrize("sizes, b", [([2, 4, 1], 1), ([1, 1, 1], 4), ([3, 1, 5, 2], 3), ([2, 3], 2)])
+@pytest.mark.parametrize("labels", ["int", "soft"])
+def test_fused_products_at_unit_sizes(sizes, b, labels):
+    """Widths, inputs or a batch of 1 make a contraction of length 1 (a broadcast product)."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = mlp(sizes).double()
+    generic, fused = GenericStep(model), FusedMLPStep(model)
+    theta = generic.flatten() + 0.3 * torch.randn(3, generic.flatten().shape[1], generator=g, dtype=torch.float64)
+    w = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    x = torch.randn(b, sizes[0], generator=g, dtype=torch.float64)
+    classes = max(sizes[-1], 2)
+    if labels == "int":
+        y = torch.randint(0, classes, (b,), generator=g)
+    elif sizes[-1] == 1:
+        y = torch.rand(b, generator=g, dtype=torch.float64)
+    else:
+        y = torch.rand(b, classes, generator=g, dtype=torch.float64).softmax(-1)
+    for got, ref in zip(fused.reverse(theta, x, y, w), generic.reverse(theta, x, y, w)):
+        assert (got is None) == (ref is None)
+        if got is not None:
+            assert got.shape == ref.shape and rel(got, ref) <= 1e-12
+    assert rel(fused.value_and_grad(theta, x, y)[1], generic.value_and_grad(theta, x, y)[1]) <= 1e-12
+
+
+def test_small_steps_run_on_one_thread_and_restore_the_count():
+    """Below SERIAL_WORK the step sets torch to one thread for its kernels and restores the
+    caller's count afterwards, also when it raises; the numbers do not depend on it."""
+    from memdistill.engine.steps.fused import SERIAL_WORK
+
+    generic, fused, theta, w, x, y = batch("mlp-binary", "int", per_model=False)
+    seen = []
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return FusedMLPStep._reverse(fused, *args)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        big = theta[:1].expand(SERIAL_WORK // (x.shape[0] * fused.widest) + 1, -1)
+        assert fused._serial(theta, x) and not fused._serial(big, x)
+        fused._reverse = spy
+        got = fused.reverse(theta, x, y, w)
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            fused.reverse(theta, x[:, :1], y, w)   # wrong input width
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(got[:3], generic.reverse(theta, x, y, w)[:3]):
+        assert rel(a, b) <= 1e-12

@@ -1,32 +1,48 @@
 """The fused MLP step: B ReLU MLPs of one shape, analytic gradients in batched matmuls.
 
 For a plain ``nn.Sequential(Linear, ReLU, …, Linear)`` and the default loss, one inner step's
-gradient and its reverse-step products need no autograd graph. Layer l of model j:
-z_l = h_{l−1} W_lᵀ + b_l, h_l = relu(z_l), h_0 = x, logits z_L; δ_l = ∂l/∂z_l by backprop.
+gradient and its reverse-step products need no autograd graph. Layer l of model j, written
+feature-major (a layer's activations are [width, b], the b examples as columns):
+z_l = W_l h_{l−1} + b_l, h_l = relu(z_l), h_0 = xᵀ, logits z_L; δ_l = ∂l/∂z_l by backprop.
 
 The reverse step needs, for a direction w = (Ẇ_l, ḃ_l) in parameter space, the gradient of
 φ = ⟨∇θ l, w⟩ with respect to θ (the Hessian-vector product Hw), x and y. φ is the
 directional derivative of l along w (Pearlmutter 1994), so one forward pass carries the
-tangents ż_l = ḣ_{l−1} W_lᵀ + h_{l−1} Ẇ_lᵀ + ḃ_l, ḣ_l = m_l ⊙ ż_l (m_l = [z_l > 0]), and one
+tangents ż_l = W_l ḣ_{l−1} + Ẇ_l h_{l−1} + ḃ_l, ḣ_l = m_l ⊙ ż_l (m_l = [z_l > 0]), and one
 backward pass carries a_l = ∂φ/∂z_l next to δ_l = ∂φ/∂ż_l:
 
-    a_L = (∂²l/∂z_L²) ż_L,   a_{l−1} = m ⊙ (a_l W_l + δ_l Ẇ_l),
-    (Hw)_{W_l} = a_lᵀ h_{l−1} + δ_lᵀ ḣ_{l−1},   (Hw)_{b_l} = Σ_batch a_l,
-    ∂φ/∂x = a_1 W_1 + δ_1 Ẇ_1,   ∂φ/∂y = (∂δ_L/∂y)ᵀ ż_L.
+    a_L = (∂²l/∂z_L²) ż_L,   a_{l−1} = m ⊙ (W_lᵀ a_l + Ẇ_lᵀ δ_l),
+    (Hw)_{W_l} = a_l h_{l−1}ᵀ + δ_l ḣ_{l−1}ᵀ,   (Hw)_{b_l} = Σ_batch a_l,
+    ∂φ/∂x = (W_1ᵀ a_1 + Ẇ_1ᵀ δ_1)ᵀ,   ∂φ/∂y = (∂δ_L/∂y)ᵀ ż_L.
 
 Shapes: θ [B, P] (the layout of ``nn.Module.named_parameters``), x [b, in] shared by the B
-models or [B, b, in] one batch per model, logits [B, b, C].
+models or [B, b, in] one batch per model; inside, activations are [B, width, b].
+
+Speed: the models are tiny, so a step is a few dozen kernel launches of microseconds each.
+The feature-major layout keeps the weight operand of every batched matmul on torch's fast
+path (W h with W a view of θ: 3 µs for 30 paper-MLP layers at b = 8, where the example-major
+h Wᵀ takes 22 µs), a contraction of length one is a broadcast product, masks are 0/1 floats
+(a bool mask is converted at every product), the reverse step computes no loss, and a step
+whose widest matmul is smaller than ``SERIAL_WORK`` runs on one thread: some of torch's CPU
+kernels (small batched matmuls, log-sigmoid) open a parallel region whatever the size, and
+waking a second thread costs more than the kernel (on a loaded 2-core machine, milliseconds).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from memdistill.engine.steps.generic import GenericStep
 
-__all__ = ["FusedMLPStep", "is_plain_mlp", "mlp_layers"]
+__all__ = ["FusedMLPStep", "SERIAL_WORK", "is_plain_mlp", "mlp_layers"]
+
+# Multiply-adds (B · b · out · in) of the widest layer below which the step runs on one thread.
+SERIAL_WORK = 1 << 16
+
+T = TypeVar("T")
 
 
 def is_plain_mlp(model: nn.Module) -> bool:
@@ -48,14 +64,33 @@ def mlp_layers(model: nn.Sequential) -> list[tuple[int, int]]:
 
 
 class _Forward(NamedTuple):
-    h: list[Tensor]       # h_0 … h_{L−1}: inputs of each layer, [B, b, in_l]
-    masks: list[Tensor]   # m_1 … m_{L−1}: [z_l > 0]
-    logits: Tensor        # [B, b, C]
+    h: list[Tensor]       # h_0 … h_{L−1}: inputs of each layer, [B, in_l, b] (h_0 = xᵀ, maybe a view)
+    rows: list[Tensor]    # the same as [B, b, in_l] (x itself for l = 0, shared [b, in] or [B, b, in])
+    masks: list[Tensor]   # m_1 … m_{L−1}: [z_l > 0] as 0/1 floats, [B, out_l, b]
+    logits: Tensor        # z_L [B, C, b]
 
 
-def _bmm_t(a: Tensor, b: Tensor) -> Tensor:
-    """a [B, r, k] · b [B, c, k]ᵀ -> [B, r, c]."""
-    return torch.bmm(a, b.transpose(1, 2))
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """a [B, r, k] · b [B, k, c] or [k, c]; with k = 1 a broadcast product (the same bits, one
+    cheap kernel), with a shared b one matmul over the stacked rows of a."""
+    if a.shape[-1] == 1:
+        return a * b
+    return torch.bmm(a, b) if b.dim() == 3 else torch.matmul(a, b)
+
+
+def _mm_add(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """c + a · b for a [B, r, k], b [B, k, c] (k = 1: a broadcast product)."""
+    return torch.addcmul(c, a, b) if a.shape[-1] == 1 else torch.baddbmm(c, a, b)
+
+
+def _one_thread(fn: Callable[..., T], *args) -> T:
+    """fn(*args) with torch's intra-op threads set to 1, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class FusedMLPStep(GenericStep):
@@ -68,105 +103,137 @@ class FusedMLPStep(GenericStep):
             raise ValueError("FusedMLPStep: model must be nn.Sequential(Linear, ReLU, ..., Linear) with biases")
         super().__init__(model, None)
         self.layers = mlp_layers(model)
+        offsets, start = [], 0
+        for o, i in self.layers:
+            offsets.append((o, i, start, start + o * i))
+            start += o * i + o
+        self.offsets = offsets
+        self.widest = max(o * i for o, i in self.layers)
         self.why = f"{self.name}: analytic, the B models in batched matmuls"
 
     def params(self, theta: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """[(W_l [B, out, in], b_l [B, out])] as views of θ [B, P]."""
-        B, out = theta.shape[0], []
-        chunks = theta.split([n for o, i in self.layers for n in (o * i, o)], dim=1)
-        for (o, i), W, b in zip(self.layers, chunks[0::2], chunks[1::2]):
-            out.append((W.reshape(B, o, i), b))
-        return out
+        """[(W_l [B, out, in], b_l [B, out, 1])] as views of θ [B, P]."""
+        theta = theta if theta.stride(-1) == 1 else theta.contiguous()
+        B, row, base = theta.shape[0], theta.stride(0), theta.storage_offset()
+        return [(theta.as_strided((B, o, i), (row, i, 1), base + w), theta.as_strided((B, o, 1), (row, 1, 1), base + b))
+                for o, i, w, b in self.offsets]
+
+    def _serial(self, theta: Tensor, x: Tensor) -> bool:
+        """Whether this call runs on one thread (see SERIAL_WORK)."""
+        return (theta.device.type == "cpu" and torch.get_num_threads() > 1
+                and theta.shape[0] * x.shape[-2] * self.widest < SERIAL_WORK)
 
     def _forward(self, params: list[tuple[Tensor, Tensor]], x: Tensor) -> _Forward:
-        h = x.expand(params[0][0].shape[0], *x.shape) if x.dim() == 2 else x
-        hs, masks = [h], []
-        for l, (W, b) in enumerate(params):
-            z = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
-            if l == len(params) - 1:
-                return _Forward(hs, masks, z)
-            masks.append(z > 0)
-            h = z.clamp_min(0)
+        B = params[0][0].shape[0]
+        h = x.mT if x.dim() == 3 else x.t().expand(B, *x.shape[::-1])
+        hs, rows, masks = [h], [x], []
+        for W, b in params[:-1]:
+            h = torch.baddbmm(b, W, h).relu_()
             hs.append(h)
-        raise AssertionError("unreachable: an MLP has at least one layer")
+            rows.append(h.mT)
+            masks.append(h.sign())
+        W, b = params[-1]
+        return _Forward(hs, rows, masks, torch.baddbmm(b, W, h))
 
     @staticmethod
-    def _loss_and_delta(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(l_j [B], δ_L = ∂l/∂z [B, b, C], p) for mean-over-batch BCE / cross-entropy.
+    def _targets(z: Tensor, y: Tensor) -> Tensor:
+        """y as feature-major targets broadcasting with z [B, C, b]: [(B,) C, b]."""
+        if z.shape[1] == 1:
+            return y.to(z.dtype).unsqueeze(-2)
+        t = y if y.is_floating_point() else nn.functional.one_hot(y, z.shape[1]).to(z.dtype)
+        return t.mT
 
-        BCE (C = 1): p = σ(z), δ = (p − y)/b. Cross-entropy: p = softmax(z), δ = (p·Σ_c y_c − y)/b
-        with y one-hot for class ids.
+    @staticmethod
+    def _delta(z: Tensor, t: Tensor, soft: bool) -> tuple[Tensor, Tensor]:
+        """(δ_L = ∂l/∂z [B, C, b], p) for mean-over-batch BCE / cross-entropy.
+
+        BCE (C = 1): p = σ(z), δ = (p − t)/b. Cross-entropy: p = softmax(z), δ = (p·Σ_c t_c − t)/b
+        (Σ_c t_c = 1 for one-hot class ids: not ``soft``).
         """
-        b = z.shape[1]
-        if z.shape[-1] == 1:
-            t = y.to(z.dtype).expand(z.shape[:2]).unsqueeze(-1)
-            loss = nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none").sum((1, 2)) / b
+        b = z.shape[-1]
+        if z.shape[1] == 1:
             p = torch.sigmoid(z)
-            return loss, (p - t) / b, p
-        t = y if y.is_floating_point() else nn.functional.one_hot(y, z.shape[-1]).to(z.dtype)
-        t = t.expand(*z.shape) if t.dim() == 2 else t
-        logp = z.log_softmax(-1)
-        p = logp.exp()
-        return -(t * logp).sum((1, 2)) / b, (p * t.sum(-1, keepdim=True) - t) / b, p
+            return (p - t).div_(b), p
+        p = z.softmax(1)
+        return ((p * t.sum(-2, keepdim=True) if soft else p) - t).div_(b), p
+
+    @staticmethod
+    def _loss(z: Tensor, t: Tensor) -> Tensor:
+        """[l_j]_j [B]: mean-over-batch BCE-with-logits (C = 1) or (soft-label) cross-entropy."""
+        if z.shape[1] == 1:
+            elementwise = nn.functional.binary_cross_entropy_with_logits(z, t.expand_as(z), reduction="none")
+            return elementwise.sum((1, 2)) / z.shape[-1]
+        return -(t * z.log_softmax(1)).sum((1, 2)) / z.shape[-1]
 
     def _backward(self, params, fwd: _Forward, delta: Tensor) -> list[Tensor]:
-        """Backprop of δ_L: per layer [δ_lᵀ h_{l−1}, Σ δ_l] as flat [B, ·] pieces, and the δ_l."""
-        grads, deltas = [], []
+        """Backprop of δ_L: per layer [δ_l h_{l−1}ᵀ, Σ δ_l] as flat [B, ·] pieces."""
+        grads = []
         for l in reversed(range(len(params))):
-            deltas.append(delta)
-            grads += [torch.bmm(delta.transpose(1, 2), fwd.h[l]).flatten(1), delta.sum(1)][::-1]
+            grads += [delta.sum(2), _mm(delta, fwd.rows[l]).flatten(1)]
             if l:
-                delta = torch.bmm(delta, params[l][0]) * fwd.masks[l - 1]
-        return grads[::-1], deltas[::-1]
+                delta = _mm(params[l][0].mT, delta).mul_(fwd.masks[l - 1])
+        return grads[::-1]
 
     def loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """[l(x, θ_j)]_j [B] computed with the batched forward (differentiable)."""
-        fwd = self._forward(self.params(theta), x)
-        return self._loss_and_delta(fwd.logits, y)[0]
+        z = self._forward(self.params(theta), x).logits
+        return self._loss(z, self._targets(z, y))
 
     def value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        params = self.params(theta)
-        fwd = self._forward(params, x)
-        loss, delta, _ = self._loss_and_delta(fwd.logits, y)
-        grads, _ = self._backward(params, fwd, delta)
-        return loss, torch.cat(grads, dim=1)
+        if self._serial(theta, x):
+            return _one_thread(self._value_and_grad, theta, x, y)
+        return self._value_and_grad(theta, x, y)
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw); see the module docstring for the equations."""
+        if self._serial(theta, x):
+            return _one_thread(self._reverse, theta, x, y, w)
+        return self._reverse(theta, x, y, w)
+
+    def _value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        params = self.params(theta)
+        fwd = self._forward(params, x)
+        t = self._targets(fwd.logits, y)
+        delta, _ = self._delta(fwd.logits, t, y.is_floating_point())
+        return self._loss(fwd.logits, t), torch.cat(self._backward(params, fwd, delta), dim=1)
+
+    def _reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         params, dirs = self.params(theta), self.params(w)
         fwd = self._forward(params, x)
         # Tangents ż_l along w (ḣ_0 = 0 since x does not move).
         hdots, zdot = [None], None
         for l, ((W, _), (Wd, bd)) in enumerate(zip(params, dirs)):
-            zdot = torch.baddbmm(bd.unsqueeze(1), fwd.h[l], Wd.transpose(1, 2))
-            if hdots[l] is not None:
-                zdot = zdot + _bmm_t(hdots[l], W)
+            zdot = torch.baddbmm(bd, Wd, fwd.h[l])
+            if l:
+                zdot = zdot.baddbmm_(W, hdots[l])
             if l < len(params) - 1:
                 hdots.append(zdot * fwd.masks[l])
-        _, delta, p = self._loss_and_delta(fwd.logits, y)
-        grads, deltas = self._backward(params, fwd, delta)
-        b = fwd.logits.shape[1]
-        if fwd.logits.shape[-1] == 1:      # ∂²l/∂z² = σ(1 − σ)/b
-            a = p * (1 - p) * zdot / b
-            dy = -zdot.squeeze(-1) / b
-        else:                               # (Σ_c y_c)(diag p − p pᵀ) ż / b
-            t_sum = y.sum(-1, keepdim=True) if y.is_floating_point() else 1.0
-            pz = (p * zdot).sum(-1, keepdim=True)
-            a = t_sum * p * (zdot - pz) / b
-            dy = (pz - zdot) / b
-        hvp = []
+        t = self._targets(fwd.logits, y)
+        soft = y.is_floating_point()
+        delta, p = self._delta(fwd.logits, t, soft)
+        b = fwd.logits.shape[-1]
+        dy = None
+        if fwd.logits.shape[1] == 1:        # ∂²l/∂z² = σ(1 − σ)/b
+            a = (p * (1 - p)).mul_(zdot).div_(b)
+            if soft:
+                dy = -zdot.squeeze(1) / b
+        else:                               # (Σ_c t_c)(diag p − p pᵀ) ż / b
+            pz = (p * zdot).sum(1, keepdim=True)
+            a = p * (zdot - pz) / b
+            if soft:
+                a = a * t.sum(-2, keepdim=True)
+                dy = ((pz - zdot) / b).mT
+        grads, hvp = [], []
         for l in reversed(range(len(params))):
-            W, Wd = params[l][0], dirs[l][0]
-            hW = torch.bmm(a.transpose(1, 2), fwd.h[l])
-            if hdots[l] is not None:
-                hW = hW + torch.bmm(deltas[l].transpose(1, 2), hdots[l])
-            hvp += [a.sum(1), hW.flatten(1)]
-            a = torch.bmm(a, W) + torch.bmm(deltas[l], Wd)
+            W, Wd = params[l][0].mT, dirs[l][0].mT
+            hW = _mm(a, fwd.rows[l]) if hdots[l] is None else _mm_add(_mm(a, fwd.rows[l]), delta, hdots[l].mT)
+            grads += [delta.sum(2), _mm(delta, fwd.rows[l]).flatten(1)]
+            hvp += [a.sum(2), hW.flatten(1)]
+            a = _mm_add(_mm(W, a), Wd, delta)
             if l:
-                a = a * fwd.masks[l - 1]
-        dx = a.sum(0) if x.dim() == 2 else a      # a shared batch collects every model's term
-        if not y.is_floating_point():
-            dy = None
-        elif dy.dim() > y.dim():
+                a = a.mul_(fwd.masks[l - 1])
+                delta = _mm(W, delta).mul_(fwd.masks[l - 1])
+        dx = a.sum(0).t() if x.dim() == 2 else a.mT      # a shared batch collects every model's term
+        if dy is not None and dy.dim() > y.dim():
             dy = dy.sum(0)
-        return torch.cat(grads, dim=1), torch.cat(hvp[::-1], dim=1), dx, dy
+        return torch.cat(grads[::-1], dim=1), torch.cat(hvp[::-1], dim=1), dx, dy
