@@ -5,7 +5,8 @@
     the same on 1×8×8 (digits' size), where a step is small enough for vmap to pay.
 (b) method="checkpoint" against method="autograd" (one hypergradient) for that LeNet and for
     the paper MLP 2-10-10-10-1 forced onto the generic step.
-(c) One reverse product for ten LeNet rows: vmap with each second-order mode, and the loop.
+(c) One reverse product for ten LeNet rows: vmap with each second-order mode, compiled
+    (``compile=True``; compiled in the warm-up round, its seconds printed), and the loop.
 CPU, one thread, float32, rounds=3. Divide a row by the other row of its group for the ratio.
 """
 from __future__ import annotations
@@ -61,13 +62,15 @@ def test_checkpoint_over_autograd(benchmark, model, method):
                        rounds=3, iterations=1, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("path", ["vmap reverse", "vmap forward", "loop"])
+@pytest.mark.parametrize("path", ["vmap reverse", "vmap forward", "vmap reverse compiled", "loop"])
 def test_reverse_product_ten_rows(benchmark, path):
     benchmark.group = "(c) one reverse product, 10 LeNet 28x28 rows, 10 images each"
     model = fresh_model(md.lenet((1, 28, 28), 10), 0)
-    step = GenericStep(model, batched=path != "loop", second_order=path.split()[-1] if "vmap" in path else "reverse",
-                       per_model=True)
+    step = GenericStep(model, batched=path != "loop", second_order="forward" if "forward" in path else "reverse",
+                       per_model=True, compile="compiled" in path)
     theta = torch.cat([step.flatten(fresh_model(md.lenet((1, 28, 28), 10), i)) for i in range(10)])
     x, y = torch.randn(10, 10, 1, 28, 28), torch.arange(10).repeat(10, 1)
     benchmark.pedantic(step.reverse, args=(theta, x, y, torch.randn_like(theta)), rounds=3, iterations=1,
                        warmup_rounds=1)
+    if step.compile:
+        print(f"compile: {step.compile_seconds:.1f} s ({step.why})")

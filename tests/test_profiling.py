@@ -20,9 +20,10 @@ def test_profile_measures_then_skips_what_would_not_fit(monkeypatch, tmp_path):
     rows = profiling.profile([80, 40], ["replay"], width=8, depth=1, budget=0.5, on_row=seen.append)
     assert calls == [40] and [r["n"] for r in rows] == [40, 80] and seen == rows
     assert rows[0]["skipped"] == "" and rows[0]["peak_stored_bytes"] == 40 * 2 * 33 * 4
+    assert rows[0]["predicted_peak_bytes"] == rows[0]["peak_stored_bytes"] and rows[0]["plan"] == "replay/store-all"
     assert rows[1]["skipped"].startswith("needs ~0.0 GiB (extrapolated from n=40)")
     table = profiling.format_table(rows)
-    assert "| replay | 40 |" in table
+    assert "| replay | 40 | < 1 (below RSS resolution) | – | 0.01 | 0.01 |" in table   # 4,000 bytes of RSS
     path = profiling.write_csv(rows, tmp_path / "profile.csv")
     assert [r["n"] for r in csv.DictReader(path.open())] == ["40", "80"]
 
@@ -138,3 +139,28 @@ def test_profile_rejects_bad_problem_options_naming_them(tmp_path, capsys):
         assert exit_.value.code == 2, argv
         assert needle in capsys.readouterr().err, argv
     assert not out.exists()     # all checked before anything is measured or written
+
+
+def test_predicted_beside_measured_and_readings_below_resolution(tmp_path):
+    rows = [{"method": m, "n": n, "width": 8, "depth": 1, "momentum": 0.9, "skipped": "", "seconds": 0.1,
+             "peak_bytes": rss, "peak_stored_bytes": stored, "predicted_peak_bytes": stored, "plan": m}
+            for m, n, rss, stored in [("replay", 100, 30 * 2**20, 25 * 2**20), ("reversible", 100, 0, 5000),
+                                      ("reversible", 1000, 3 * 2**20, 9000)]]
+    table = profiling.format_table(rows)
+    assert "| replay | 100 | 30.0 | – | 25.00 | 25.00 |" in table
+    assert "| reversible | 100 | < 1 (below RSS resolution) | – | 0.00 | 0.00 |" in table
+    assert "| reversible | 1000 | 3.0 |" in table
+    assert profiling.plot_profile(rows, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_plan_prints_without_measuring(monkeypatch, capsys):
+    from memdistill.apps.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("--plan must not measure")
+
+    monkeypatch.setattr(profiling, "measure_in_fresh_process", never)
+    assert main(["profile", "--plan", "--n", "40", "--methods", "checkpoint,reversible", "--width", "8",
+                 "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| checkpoint | 40 | checkpoint/periodic | " in out and "| reversible | 40 | reversible/reversible | " in out

@@ -30,15 +30,21 @@ import torch
 from torch import nn
 
 __all__ = ["Problem", "make_problem", "parse_shape", "mlp_problem", "measure", "measure_in_fresh_process",
-           "profile", "available_memory", "write_csv", "plot_profile", "format_table"]
+           "profile", "available_memory", "write_csv", "plot_profile", "format_table", "plan_rows", "format_plan",
+           "DEFAULT_METHODS", "RESOLUTION"]
 
 MiB = 2 ** 20
+DEFAULT_METHODS = ("autograd", "replay", "checkpoint", "reversible")
+RESOLUTION = MiB
+"""Peak-RSS growth below this is not resolved: a small run fits in the heap the warm-up freed."""
 FIELDS = ["method", "n", "width", "depth", "momentum", "device", "peak_bytes", "seconds",
           "peak_stored_bytes", "forward_steps", "skipped",
-          "arch", "in_shape", "classes", "batch", "real_batch", "data"]
+          "arch", "in_shape", "classes", "batch", "real_batch", "data", "predicted_peak_bytes", "plan"]
 """CSV columns: the first eleven are the original ones (``width``/``depth`` empty for an
 architecture given by name); ``in_shape`` is written like ``3x32x32``, ``batch`` is b = objects
-per synthetic step, ``data`` a data set name or ``random``."""
+per synthetic step, ``data`` a data set name or ``random``; ``predicted_peak_bytes`` is the
+planner's prediction of ``peak_stored_bytes`` (the measured one), ``plan`` what ran
+(``checkpoint/binomial(60)``: method/schedule(snapshots))."""
 
 MAX_STEPS = 40
 """A point with n inner steps runs s = gcd(n, 40) synthetic batches for n / s epochs."""
@@ -273,12 +279,18 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def _plan_name(plan: Any) -> str:
+    """``checkpoint/binomial(60)``: method/schedule(snapshots) of a :class:`memdistill.Plan`."""
+    return f"{plan.method}/{plan.schedule}" + (f"({plan.snapshots})" if plan.snapshots else "")
+
+
 def measure(method: str, n: int, width: int = 256, depth: int = 3, momentum: float = 0.9,
             snapshots: int | None = None, threads: int = 1, device: str = "cpu",
-            problem: Problem | None = None) -> dict[str, Any]:
+            problem: Problem | None = None, memory: int | None = None) -> dict[str, Any]:
     """One hypergradient with n inner steps: s = gcd(n, 40) synthetic batches, n / s epochs.
 
-    ``problem`` None: the default MLP of ``width`` and ``depth`` (:func:`mlp_problem`).
+    ``problem`` None: the default MLP of ``width`` and ``depth`` (:func:`mlp_problem`);
+    ``memory``: the budget of :func:`memdistill.hypergradient` (bytes).
     """
     from memdistill.engine.hypergradient import hypergradient
 
@@ -290,17 +302,20 @@ def measure(method: str, n: int, width: int = 256, depth: int = 3, momentum: flo
         torch.cuda.reset_peak_memory_stats(device)
     # Warm-up with one epoch: allocator pools and autograd's workspaces are a fixed cost, not
     # what the method stores for n steps.
-    hypergradient(*args[:3], args[3][:steps], *args[4:], momentum=momentum, method=method, snapshots=snapshots)
+    hypergradient(*args[:3], args[3][:steps], *args[4:], momentum=momentum, method=method, snapshots=snapshots,
+                  memory=memory)
     _synchronize(device)
     before = _peak_memory(device)
     start = time.perf_counter()
-    hg = hypergradient(*args, epochs=n // steps, momentum=momentum, method=method, snapshots=snapshots)
+    hg = hypergradient(*args, epochs=n // steps, momentum=momentum, method=method, snapshots=snapshots,
+                       memory=memory)
     _synchronize(device)
     seconds = time.perf_counter() - start
     return {"method": method, "n": n, **problem.columns(), "momentum": momentum, "device": device,
             "peak_bytes": _peak_memory(device) - before, "seconds": seconds,
             "peak_stored_bytes": hg.stats["peak_stored_bytes"], "forward_steps": hg.stats["forward_steps"],
-            "skipped": ""}
+            "skipped": "", "predicted_peak_bytes": hg.stats["predicted_peak_bytes"],
+            "plan": _plan_name(hg.stats["plan"])}
 
 
 def measure_in_fresh_process(method: str, n: int, **kwargs: Any) -> dict[str, Any]:
@@ -321,18 +336,20 @@ def available_memory() -> int:
 def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, depth: int = 3,
             momentum: float = 0.9, device: str = "cpu", budget: float = 0.6,
             on_row: Callable[[dict[str, Any]], None] | None = None,
-            problem: Problem | None = None) -> list[dict[str, Any]]:
+            problem: Problem | None = None, memory: int | None = None) -> list[dict[str, Any]]:
     """Measure every (method, n), smallest n first; skip a point whose memory, extrapolated
     linearly from the method's last measured point, exceeds ``budget`` of the available memory.
 
     ``problem`` (see :func:`make_problem`) None: the default MLP of ``width`` and ``depth``.
     Linear extrapolation is an upper bound for the sublinear methods and exact in the limit
     for autograd and replay. ``on_row`` sees each row as soon as it exists (progress).
+    ``memory``: the budget (bytes) of the "auto" rows (the other methods run as asked).
     """
     problem = problem if problem is not None else Problem(width=width, depth=depth)
     rows = []
     for method in methods:
         last: dict[str, Any] | None = None
+        budget_of = memory if method == "auto" else None
         for n in sorted(ns):
             limit = budget * (torch.cuda.mem_get_info()[0] if device.startswith("cuda") else available_memory())
             need = last["peak_bytes"] * n / last["n"] if last else 0.0
@@ -341,13 +358,48 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
                        "device": device, "skipped": f"needs ~{need / 2**30:.1f} GiB (extrapolated from "
                        f"n={last['n']}), over {budget:.0%} of the {limit / budget / 2**30:.1f} GiB available"}
             elif device.startswith("cuda"):
-                row = last = measure(method, n, momentum=momentum, device=device, problem=problem)
+                row = last = measure(method, n, momentum=momentum, device=device, problem=problem, memory=budget_of)
             else:
-                row = last = measure_in_fresh_process(method, n, momentum=momentum, problem=problem)
+                row = last = measure_in_fresh_process(method, n, momentum=momentum, problem=problem, memory=budget_of)
             rows.append(row)
             if on_row:
                 on_row(row)
     return rows
+
+
+def plan_rows(ns: Sequence[int], methods: Sequence[str], *, momentum: float = 0.9, device: str = "cpu",
+              problem: Problem | None = None, memory: int | None = None) -> list[dict[str, Any]]:
+    """:func:`memdistill.plan` for every (method, n) of a profile, in this process, nothing unrolled
+    (autograd's prediction runs one and two steps). A method over ``memory`` gets its error as ``plan``."""
+    from memdistill.engine.hypergradient import plan
+
+    problem = problem if problem is not None else Problem()
+    rows = []
+    for method in methods:
+        for n in sorted(ns):
+            steps = math.gcd(n, MAX_STEPS)
+            args = problem.build(steps, n // steps, device=device)
+            row = {"method": method, "n": n, **problem.columns(), "momentum": momentum, "device": device}
+            try:
+                p = plan(*args, epochs=n // steps, momentum=momentum, method=method, memory=memory)
+            except ValueError as error:
+                rows.append({**row, "plan": str(error).removeprefix("hypergradient: ")})
+                continue
+            rows.append({**row, "plan": _plan_name(p), "predicted_peak_bytes": p.predicted_peak_bytes,
+                         "forward_steps": p.forward_steps})
+    return rows
+
+
+def format_plan(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`plan_rows`."""
+    lines = ["| method | n | plan | predicted stored (MiB) | forward steps |", "|---|---:|---|---:|---:|"]
+    for r in rows:
+        if "predicted_peak_bytes" not in r:
+            lines.append(f"| {r['method']} | {r['n']} | {r['plan']} | | |")
+            continue
+        lines.append(f"| {r['method']} | {r['n']} | {r['plan']} | {r['predicted_peak_bytes'] / MiB:.4g} | "
+                     f"{r['forward_steps']:,} |")
+    return "\n".join(lines)
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -362,7 +414,11 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_profile(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Log-log PNG: peak memory and seconds versus n, one line per method."""
+    """Log-log PNG: peak memory and seconds versus n, one colour per method.
+
+    Memory: the measured peak growth (solid) beside the planner's predicted stored bytes (dashed);
+    a growth below :data:`RESOLUTION` is drawn as an open triangle on the axis floor, not as a value.
+    """
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -372,11 +428,24 @@ def plot_profile(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     memory, seconds = figure.subplots(1, 2)
+    done = [r for r in rows if not r["skipped"]]
+    values = ([r["peak_bytes"] for r in done if r["peak_bytes"] >= RESOLUTION]
+              + [r["predicted_peak_bytes"] for r in done if r.get("predicted_peak_bytes")])
+    floor = min(values, default=RESOLUTION) / MiB / 2
+    unresolved = False
     for method in dict.fromkeys(r["method"] for r in rows):
-        done = [r for r in rows if r["method"] == method and not r["skipped"]]
-        ns = [r["n"] for r in done]
-        memory.plot(ns, [max(r["peak_bytes"], 1) / MiB for r in done], "o-", label=method)
-        seconds.plot(ns, [r["seconds"] for r in done], "o-", label=method)
+        mine = [r for r in done if r["method"] == method]
+        seen = [r for r in mine if r["peak_bytes"] >= RESOLUTION]
+        line, = memory.plot([r["n"] for r in seen], [r["peak_bytes"] / MiB for r in seen], "o-", label=method)
+        predicted = [r for r in mine if r.get("predicted_peak_bytes")]
+        memory.plot([r["n"] for r in predicted], [r["predicted_peak_bytes"] / MiB for r in predicted], "x--",
+                    color=line.get_color(), alpha=0.7, label=f"{method} predicted (stored)")
+        low = [r["n"] for r in mine if r["peak_bytes"] < RESOLUTION]
+        memory.plot(low, [floor] * len(low), "v", mfc="none", color=line.get_color())
+        unresolved |= bool(low)
+        seconds.plot([r["n"] for r in mine], [r["seconds"] for r in mine], "o-", label=method)
+    if unresolved:
+        memory.plot([], [], "v", mfc="none", color="gray", label=f"below RSS resolution (< {RESOLUTION / MiB:g} MiB)")
     ticks = sorted({r["n"] for r in rows})
     for axis, label in [(memory, "peak memory growth (MiB)"), (seconds, "seconds per hypergradient")]:
         axis.set(xscale="log", yscale="log", xlabel="inner steps n", ylabel=label)
@@ -385,7 +454,7 @@ def plot_profile(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.yaxis.set_minor_formatter(NullFormatter())
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize="x-small", ncol=2 if axis is memory else 1)
     figure.suptitle(f"{_title(rows[0])}, momentum {rows[0]['momentum']}")
     return save_png(figure, path)
 
@@ -402,15 +471,19 @@ def _title(row: dict[str, Any]) -> str:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table; ratios against autograd at the same n where it was measured."""
     base = {r["n"]: r for r in rows if r["method"] == "autograd" and not r["skipped"]}
-    lines = ["| method | n | peak memory (MiB) | vs autograd | stored (MiB) | seconds | time vs autograd |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | n | peak memory (MiB) | vs autograd | stored: predicted (MiB) | stored: measured (MiB) "
+             "| seconds | time vs autograd |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["skipped"]:
-            lines.append(f"| {r['method']} | {r['n']} | skipped: {r['skipped']} | | | | |")
+            lines.append(f"| {r['method']} | {r['n']} | skipped: {r['skipped']} | | | | | |")
             continue
         b = base.get(r["n"])
         mem = f"{r['peak_bytes'] / b['peak_bytes']:.3f}" if b and b["peak_bytes"] else "–"
         tim = f"{r['seconds'] / b['seconds']:.2f}x" if b and b["seconds"] else "–"
-        lines.append(f"| {r['method']} | {r['n']} | {r['peak_bytes'] / MiB:.1f} | {mem} | "
-                     f"{r['peak_stored_bytes'] / MiB:.1f} | {r['seconds']:.2f} | {tim} |")
+        peak = (f"{r['peak_bytes'] / MiB:.1f}" if r["peak_bytes"] >= RESOLUTION else
+                f"< {RESOLUTION / MiB:g} (below RSS resolution)")
+        predicted = r.get("predicted_peak_bytes")
+        predicted = f"{predicted / MiB:.2f}" if predicted not in (None, "") else "–"
+        lines.append(f"| {r['method']} | {r['n']} | {peak} | {mem} | {predicted} | "
+                     f"{r['peak_stored_bytes'] / MiB:.2f} | {r['seconds']:.2f} | {tim} |")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Many hypergradients at once: M models, each with its own synthetic data, learning rates and
 real batch (restarts × internal models of Algorithm 1).
 
-Models of one architecture (:func:`architecture`: same module classes and settings, same
+Models of one architecture (:func:`~memdistill.engine.steps.architecture.architecture`: same module classes and settings, same
 parameter and buffer names, shapes and dtypes, equal constants) go through one batched engine
 sweep with B = their number: the fused or C++ step for plain ReLU MLPs, the generic step
 (vmap over the rows, or its loop when the module refuses vmap) for any other module. A model
@@ -18,11 +18,10 @@ from torch import Tensor, nn
 from memdistill.distill.training import stack_rows
 from memdistill.engine.hypergradient import hypergradient, make_step, sweep
 from memdistill.engine.loop import Data
+from memdistill.engine.steps.architecture import architecture
 from memdistill.engine.steps.fused import is_plain_mlp
 
 __all__ = ["Rows", "architecture", "hypergradients", "shape_groups"]
-
-_SETTING = (bool, int, float, str, type(None))
 
 
 class Rows(NamedTuple):
@@ -30,23 +29,6 @@ class Rows(NamedTuple):
     grad_x: Tensor          # [M, s, b, *in]
     grad_lrs: Tensor        # [M, n]
     grad_y: Tensor | None   # [M, s, b(, C)] for float labels
-
-
-def _settings(module: nn.Module) -> tuple:
-    """The module's public plain attributes (training, stride, padding, eps, num_groups, …)."""
-    def plain(v: object) -> bool:
-        return isinstance(v, _SETTING) or (isinstance(v, tuple) and all(isinstance(e, _SETTING) for e in v))
-    return tuple(sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and plain(v)))
-
-
-def architecture(model: nn.Module) -> tuple:
-    """A hashable key: equal for modules that compute the same function of (θ, x), θ laid out
-    alike — the class and settings of every submodule, the name, shape, dtype and trainability
-    of every parameter, the name, shape and dtype of every buffer."""
-    modules = tuple((name, type(m), _settings(m)) for name, m in model.named_modules())
-    params = tuple((k, tuple(p.shape), p.dtype, p.requires_grad) for k, p in model.named_parameters())
-    buffers = tuple((k, tuple(b.shape), b.dtype) for k, b in model.named_buffers())
-    return modules, params, buffers
 
 
 def _constants(model: nn.Module) -> list[Tensor]:
@@ -72,8 +54,10 @@ def shape_groups(models: list[nn.Module]) -> list[list[int]]:
 
 def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                    y_real: Tensor, *, epochs: int, momentum: float = 0.0, method: str = "checkpoint",
-                   snapshots: int | None = None) -> Rows:
-    """Row i: the hypergradient of ``models[i]`` on x_syn[i], y_syn[i], lrs[i], x_real[i], y_real[i]."""
+                   snapshots: int | None = None, memory: int | None = None) -> Rows:
+    """Row i: the hypergradient of ``models[i]`` on x_syn[i], y_syn[i], lrs[i], x_real[i], y_real[i].
+
+    ``memory`` (bytes) budgets each sweep, i.e. the models of one architecture together."""
     loss = x_syn.new_zeros(len(models))
     grad_x, grad_lrs = torch.zeros_like(x_syn), torch.zeros_like(lrs)
     grad_y = torch.zeros_like(y_syn) if y_syn.is_floating_point() else None
@@ -82,7 +66,7 @@ def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: T
         if len(rows) == 1 and not is_plain_mlp(models[rows[0]]):
             i = rows[0]
             hg = hypergradient(models[i], x_syn[i], y_syn[i], lrs[i], x_real[i], y_real[i], epochs=epochs,
-                               momentum=momentum, method=method, snapshots=snapshots)
+                               momentum=momentum, method=method, snapshots=snapshots, memory=memory)
             loss[i], grad_x[i], grad_lrs[i] = hg.loss, hg.grad_x_syn, hg.grad_lrs
             if grad_y is not None:
                 grad_y[i] = hg.grad_y_syn
@@ -91,7 +75,7 @@ def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: T
         step = make_step(models[rows[0]], None, per_model=True)
         theta0 = stack_rows(step, [models[i] for i in rows])
         _, res = sweep(step, data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
-                       momentum, method, snapshots)
+                       momentum, method, snapshots, memory=memory)
         loss[idx] = res.loss
         grad_x[idx] = res.grad_x_syn.movedim(1, 0)
         grad_lrs[idx] = res.grad_lrs.squeeze(-1).T

@@ -12,7 +12,7 @@ from torch import Tensor
 from memdistill.engine.loop import Data, Sweep
 from memdistill.engine.steps.generic import GenericStep
 
-__all__ = ["autograd_unroll"]
+__all__ = ["autograd_unroll", "autograd_saved_bytes"]
 
 
 class _SavedBytes:
@@ -56,3 +56,10 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     return Sweep(loss.detach(), grads[0], grads[2], grads[1], grads[3] if len(grads) == 4 else None,
                  forward_steps=n, peak_stored_bytes=saved.total)
+
+
+def autograd_saved_bytes(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float, n: int) -> int:
+    """Bytes :func:`autograd_unroll` saves for n steps, T(n) = T(1) + (n − 1)·(T(2) − T(1)), from
+    unrolls of 1 and 2 steps on the real shapes: the data are saved once, every further step alike."""
+    t1, t2 = (autograd_unroll(step, data, lrs[:k], theta0, momentum).peak_stored_bytes for k in (1, min(n, 2)))
+    return t1 + (n - 1) * (t2 - t1)

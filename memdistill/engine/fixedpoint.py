@@ -23,7 +23,7 @@ from torch import Tensor
 
 from memdistill.engine.dynamics import Gradient, State
 
-__all__ = ["BitStack", "ExactSGD", "FixedState", "rational_momentum"]
+__all__ = ["BitStack", "ExactSGD", "FixedState", "rational_momentum", "stack_bytes", "stack_rows"]
 
 _WORD = 32
 _MASK = (1 << _WORD) - 1
@@ -44,17 +44,20 @@ class BitStack:
     32-bit words (the rANS construction of Duda 2013 with uniform symbols):
     ``push(d, r)``: N ← N·r + d;  ``pop(r)``: d = N mod r, N ← N div r. The words live in a
     [rows, elements] int32 matrix that grows in chunks of ``chunk`` rows, so the stack is
-    unbounded. L is a multiple of every radix used, which makes pop the exact inverse of push.
+    unbounded; ``capacity`` rows are allocated up front (:func:`stack_rows` bounds what a run
+    needs, so it never grows). L is a multiple of every radix used, which makes pop the exact
+    inverse of push.
     """
 
-    def __init__(self, numel: int, radices: tuple[int, ...], device: torch.device, chunk: int = 8):
+    def __init__(self, numel: int, radices: tuple[int, ...], device: torch.device, chunk: int = 8,
+                 capacity: int = 0):
         base = math.lcm(*radices)
         if base > 1 << 24:
             raise ValueError(f"BitStack: radices {radices} are too large (lcm must be <= 2^24)")
         self.low = (1 << 30) // base * base            # L: x stays in [L, L·2^32) ⊂ int64
         self.head = torch.full((numel,), self.low, dtype=torch.int64, device=device)
         self.height = torch.zeros(numel, dtype=torch.int64, device=device)
-        self.words = torch.zeros(0, numel, dtype=torch.int32, device=device)
+        self.words = torch.zeros(capacity, numel, dtype=torch.int32, device=device)
         self.chunk = chunk
         self.index = torch.arange(numel, device=device)
 
@@ -93,6 +96,24 @@ class BitStack:
             x[idx] = (x[idx] << _WORD) | word
         self.head = x
         return digit
+
+
+def stack_rows(n: int, p: int, q: int) -> int:
+    """Rows of 32-bit words an element's stack can reach in n steps at γ = p/q (an upper bound).
+
+    The big integer N starts at L and a forward step makes it ⌊(N·q + d)/p⌋ with d < q, so
+    N_k + 1 ≤ (L + 1)(q/p)^k; the largest value, N_{n−1}·q + d < (L + 1)(q/p)^{n−1}·q, is
+    reached inside step n − 1 (reverse steps retrace the same values). A head x ≥ L over h
+    words holds N ≥ L·2^{32h}, so h ≤ log2(N/L)/32; one row of slack covers rounding.
+    """
+    bits = (n - 1) * math.log2(q / p) + math.log2(q) + math.log2(1 + 2 ** -29)
+    return max(int(bits // _WORD), 0) + 1
+
+
+def stack_bytes(n: int, numel: int, momentum: float) -> int:
+    """Bytes a :class:`BitStack` of ``numel`` elements holds for n steps of :class:`ExactSGD`."""
+    p, q = rational_momentum(momentum)
+    return numel * (8 + 8 + 4 * stack_rows(n, p, q))   # head, height, words
 
 
 def rational_momentum(momentum: float) -> tuple[int, int]:
@@ -141,7 +162,8 @@ class ExactSGD:
         return (t.to(torch.float64) / self.scale).to(self.dtype)
 
     def start(self, theta0: Tensor) -> FixedState:
-        self.bits = BitStack(theta0.numel(), (self.p, self.q), theta0.device)
+        self.bits = BitStack(theta0.numel(), (self.p, self.q), theta0.device,
+                             capacity=stack_rows(self.lrs.shape[0], self.p, self.q))
         return FixedState(self.to_fixed(theta0, "θ0", 0), torch.zeros(theta0.shape, dtype=torch.int64, device=theta0.device))
 
     def _step_size(self, v: Tensor, k: int) -> Tensor:

@@ -8,17 +8,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from memdistill.engine import schedules
-from memdistill.engine.baseline import autograd_unroll
+from memdistill.engine.baseline import autograd_saved_bytes, autograd_unroll
 from memdistill.engine.dynamics import SGD
 from memdistill.engine.fixedpoint import ExactSGD
 from memdistill.engine.loop import Data, Sweep, run
+from memdistill.engine.planner import (
+    Plan,
+    Sizes,
+    choose,
+    default_budget,
+    format_bytes,
+    parse_memory,
+    predict,
+    schedule_of,
+)
 from memdistill.engine.steps.extension import ExtensionMLPStep, backend_info
 from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp, mlp_layers
 from memdistill.engine.steps.generic import GenericStep, LossFn
 from memdistill.engine.validation import check_inputs, check_labels
 
-__all__ = ["Hypergradient", "hypergradient", "make_step", "sweep", "unrolled_loss"]
+__all__ = ["Hypergradient", "hypergradient", "make_step", "plan", "plan_sweep", "sweep", "unrolled_loss"]
 
 
 @dataclass(frozen=True)
@@ -30,16 +39,6 @@ class Hypergradient:
     grad_y_syn: Tensor | None
     grad_params: dict[str, Tensor]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def _plan(method: str, n: int, snapshots: int | None) -> tuple[str, list[schedules.Action]]:
-    if method == "replay":
-        return "store-all", schedules.store_all(n)
-    if method == "reversible":
-        return "reversible", schedules.reversible(n)
-    if snapshots is None:
-        return "periodic", schedules.periodic(n)
-    return "binomial", schedules.binomial(n, snapshots)
 
 
 STEPS = ("auto", "generic", "fused", "cpp")
@@ -76,35 +75,100 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
     return ExtensionMLPStep(model)
 
 
+def plan_sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
+               method: str = "checkpoint", snapshots: int | None = None, memory: int | None = None) -> Plan:
+    """The :class:`~memdistill.engine.planner.Plan` of :func:`sweep` (same arguments; ``memory`` in bytes).
+
+    "auto" chooses (:func:`~memdistill.engine.planner.choose`; memory None: half the available
+    memory); another method is predicted and, with ``memory``, checked against it (ValueError).
+    """
+    sizes = Sizes(lrs.shape[0], theta0.shape[0], theta0.shape[1], theta0.element_size(), momentum)
+
+    def autograd_bytes(n: int) -> int:
+        return autograd_saved_bytes(step, data, lrs, theta0, momentum, n)
+
+    if method == "auto":
+        budget = memory if memory is not None else default_budget(theta0.device)
+        return choose(sizes, budget, autograd_bytes if step.name == "generic" else None)
+    plan = predict(method, sizes, snapshots, autograd_bytes, memory, f"method={method!r} was asked for")
+    if memory is not None and plan.predicted_peak_bytes > memory:
+        raise ValueError(f"hypergradient: method={method!r} stores {format_bytes(plan.predicted_peak_bytes)} "
+                         f"for n={sizes.n}, over memory={format_bytes(memory)}; raise memory or pass method='auto'")
+    return plan
+
+
 def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
-          method: str = "checkpoint", snapshots: int | None = None, frac_bits: int = 44) -> tuple[str, Sweep]:
+          method: str = "checkpoint", snapshots: int | None = None, frac_bits: int = 44,
+          memory: int | None = None) -> tuple[Plan, Sweep]:
     """One forward and reverse sweep for B models at once, without argument checks.
 
     θ0 [B, P]. The data are shared by the B models (the layout of :func:`hypergradient`) or one
     batch per model (the generic step built with ``per_model=True``; the fused step sees it from
     the shapes): x_syn [s, B, b, *in], y_syn [s, B, b(, C)], x_real [B, N, *in], y_real
-    [B, N(, C)]; lrs [n] shared or [n, B, 1] one rate per model. Returns (schedule name, :class:`~memdistill.engine.loop.Sweep`)
-    whose gradients have the shapes of the inputs (of the summed losses) and whose loss holds
-    the B models' outer losses [B].
+    [B, N(, C)]; lrs [n] shared or [n, B, 1] one rate per model. ``method`` may be "auto" and
+    ``memory`` a budget in bytes (:func:`plan_sweep`). Returns (the :class:`~memdistill.engine.planner.Plan`
+    it ran, :class:`~memdistill.engine.loop.Sweep`) whose gradients have the shapes of the
+    inputs (of the summed losses) and whose loss holds the B models' outer losses [B].
     """
     n, s = lrs.shape[0], data.x_syn.shape[0]
-    if method == "autograd":
-        return "autograd", autograd_unroll(step, data, lrs, theta0, momentum)
+    chosen = plan_sweep(step, data, lrs, theta0, momentum, method, snapshots, memory)
+    if chosen.method == "autograd":
+        return chosen, autograd_unroll(step, data, lrs, theta0, momentum)
 
     def gradient(theta: Tensor, k: int) -> Tensor:
         return step.value_and_grad(theta, data.x_syn[k % s], data.y_syn[k % s])[1]
 
-    dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if method == "reversible"
+    dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
                 else SGD(gradient, lrs, momentum))
-    schedule, actions = _plan(method, n, snapshots)
+    _, actions = schedule_of(chosen.method, n, chosen.snapshots)
     with torch.no_grad():
-        return schedule, run(actions, dynamics, step, data, lrs, theta0)
+        return chosen, run(actions, dynamics, step, data, lrs, theta0)
+
+
+def _prepare(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor, y_real: Tensor,
+             epochs: int, momentum: float, method: str, snapshots: int | None, memory: int | str | None,
+             loss_fn: LossFn | None, step: str) -> tuple[GenericStep, Data, Tensor, int | None]:
+    """Checked arguments as (step, data, θ0 [1, P], memory in bytes), before any work."""
+    check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method, snapshots)
+    budget = parse_memory(memory)
+    the_step = make_step(model, loss_fn, "generic" if method == "autograd" else step)
+    theta0 = the_step.flatten()
+    with torch.no_grad():
+        out = the_step.forward(theta0[0], x_real)
+    check_labels("y_syn", y_syn, out)
+    check_labels("y_real", y_real, out)
+    return the_step, Data(x_syn.detach(), y_syn.detach(), x_real.detach(), y_real.detach()), theta0, budget
+
+
+def plan(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor, y_real: Tensor, *,
+         epochs: int = 1, momentum: float = 0.0, method: str = "auto", snapshots: int | None = None,
+         memory: int | str | None = None, loss_fn: LossFn | None = None, step: str = "auto") -> Plan:
+    """What :func:`hypergradient` with these arguments would do, without running the unroll.
+
+    Takes the arguments of :func:`hypergradient` (``method`` defaults to "auto" here) and returns
+    its :class:`~memdistill.engine.planner.Plan`: method, snapshots, schedule, predicted peak
+    stored bytes, forward steps and why. Only autograd's prediction computes anything: one and
+    two unrolled steps with graphs, on the real shapes (see :mod:`memdistill.engine.planner`).
+
+    Examples:
+      >>> import torch, memdistill as md
+      >>> model = torch.nn.Sequential(torch.nn.Linear(2, 1)).double()
+      >>> x_syn, y_syn = torch.randn(4, 8, 2, dtype=torch.float64), torch.randint(0, 2, (4, 8))
+      >>> lrs = torch.full((400,), 0.1, dtype=torch.float64)
+      >>> x, y = torch.randn(64, 2, dtype=torch.float64), torch.randint(0, 2, (64,))
+      >>> p = md.plan(model, x_syn, y_syn, lrs, x, y, epochs=100, momentum=0.9, memory="1KiB")
+      >>> p.method, p.snapshots, p.predicted_peak_bytes
+      ('checkpoint', 21, 1008)
+    """
+    the_step, data, theta0, budget = _prepare(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method,
+                                              snapshots, memory, loss_fn, step)
+    return plan_sweep(the_step, data, lrs.detach(), theta0, float(momentum), method, snapshots, budget)
 
 
 def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                   y_real: Tensor, *, epochs: int = 1, momentum: float = 0.0, method: str = "checkpoint",
                   snapshots: int | None = None, loss_fn: LossFn | None = None,
-                  frac_bits: int = 44, step: str = "auto") -> Hypergradient:
+                  frac_bits: int = 44, step: str = "auto", memory: int | str | None = None) -> Hypergradient:
     r"""Outer loss after n = s·epochs inner SGD steps on synthetic data, and its exact gradients.
 
     Inner loop from θ_0 = the model's parameters (left unchanged), step k on batch i = k mod s:
@@ -123,8 +187,9 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       momentum: γ in [0, 1), torch.optim.SGD convention (v0 = 0, no dampening).
       method: "autograd" (graphs through the whole unroll: the baseline), "replay" (store every
         θ_k, rebuild one step's graph at a time), "checkpoint" (√n segments when ``snapshots``
-        is None, else binomial/revolve with that many stored states) or "reversible" (exact
-        fixed-point momentum SGD run backwards; needs momentum > 0).
+        is None, else binomial/revolve with that many stored states), "reversible" (exact
+        fixed-point momentum SGD run backwards; needs momentum > 0) or "auto" (the fastest
+        whose predicted storage fits ``memory``: :mod:`memdistill.engine.planner`, :func:`plan`).
       snapshots: stored states for "checkpoint"; None picks √n segments.
       loss_fn: ``loss_fn(model(x), y) -> 0-d``; default BCE-with-logits for one output, else
         cross-entropy (soft-label cross-entropy for float [.., C] targets).
@@ -133,11 +198,18 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
         C++ op "cpp" when memdistill.engine.steps._C is built, else "fused" in PyTorch; for any other model
         "generic", autograd), or one of "generic", "fused", "cpp". method="autograd" always
         runs generic.
+      memory: a budget for what is stored for the reverse pass: bytes, or a string such as
+        "512MiB", "2GiB", "64MB" (binary KiB/MiB/GiB, decimal KB/MB/GB). With "auto" it picks
+        the method (None: half the available memory); with another method a prediction over
+        it is a ValueError before any work.
 
     Returns:
       :class:`Hypergradient` with ``loss``, ``grad_x_syn``, ``grad_lrs``, ``grad_y_syn`` (None
-      for integer labels), ``grad_params`` (∂L/∂θ0 by parameter name) and ``stats`` ("method",
-      "schedule", "step", "steps", "forward_steps", "peak_stored_bytes", "seconds").
+      for integer labels), ``grad_params`` (∂L/∂θ0 by parameter name) and ``stats`` ("method"
+      (the one that ran), "snapshots", "schedule", "step", "steps", "forward_steps",
+      "peak_stored_bytes" (measured: what the snapshot pool and bit stack held at most),
+      "predicted_peak_bytes", "memory" (the budget in bytes, or None), "plan" (the
+      :class:`~memdistill.engine.planner.Plan`), "seconds").
 
     Examples:
       >>> import torch, memdistill as md
@@ -153,25 +225,20 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       Wang et al. (2018), Dataset Distillation; Maclaurin, Duvenaud & Adams (2015), Gradient-based
       hyperparameter optimization through reversible learning; Griewank & Walther (2000), revolve.
     """
-    check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method, snapshots)
-    step = make_step(model, loss_fn, "generic" if method == "autograd" else step)
-    theta0 = step.flatten()
-    with torch.no_grad():
-        out = step.forward(theta0[0], x_real)
-    check_labels("y_syn", y_syn, out)
-    check_labels("y_real", y_real, out)
-    data = Data(x_syn.detach(), y_syn.detach(), x_real.detach(), y_real.detach())
+    step, data, theta0, budget = _prepare(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method,
+                                          snapshots, memory, loss_fn, step)
     start = time.perf_counter()
-    schedule, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits)
+    chosen, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits, budget)
     seconds = time.perf_counter() - start
     loss = result.loss.sum()
     if not bool(torch.isfinite(loss)):
         raise FloatingPointError(
             f"hypergradient: the outer loss is {loss.item()} after {lrs.shape[0]} inner steps: the inner "
             "loop diverged; lower lrs (or the scale of x_syn)")
-    stats = {"method": method, "schedule": schedule, "step": step.name, "step_batched": step.batched,
-             "step_path": step.why, "steps": lrs.shape[0],
+    stats = {"method": chosen.method, "snapshots": chosen.snapshots, "schedule": chosen.schedule,
+             "step": step.name, "step_batched": step.batched, "step_path": step.why, "steps": lrs.shape[0],
              "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
+             "predicted_peak_bytes": chosen.predicted_peak_bytes, "memory": budget, "plan": chosen,
              "seconds": seconds}
     return Hypergradient(loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,
                          step.unflatten(result.grad_theta0[0]), stats)

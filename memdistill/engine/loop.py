@@ -12,8 +12,9 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from memdistill.engine.dynamics import Adjoint, State, reverse_step, state_bytes
-from memdistill.engine.schedules import Action, Op
+from memdistill.engine.dynamics import Adjoint, State, reverse_step
+from memdistill.engine.pool import Pool
+from memdistill.engine.schedules import Action, Op, max_stored
 from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["Data", "Dynamics", "Sweep", "run"]
@@ -50,12 +51,14 @@ def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data
         lrs: Tensor, theta0: Tensor) -> Sweep:
     """Execute ``actions`` for n = len(lrs) inner steps from θ0 [B, P].
 
-    The one long function of the package; each action is a few lines.
+    Stored states live in a :class:`~memdistill.engine.pool.Pool` of as many slots as the
+    schedule ever holds, allocated here once. The one long function of the package; each
+    action is a few lines.
     """
     n, s = lrs.shape[0], data.x_syn.shape[0]
     state = dynamics.start(theta0)
-    stored: dict[int, NamedTuple] = {}
-    stored_bytes = peak = forward = 0
+    stored = Pool(state, max_stored(actions))
+    peak = forward = 0
     adj: Adjoint | None = None
     loss: Tensor | None = None
     grad_lrs = torch.zeros_like(lrs)
@@ -69,12 +72,11 @@ def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data
             state = dynamics.retreat(state, k)
             forward += 1
         elif op is Op.STORE:
-            stored[k] = state
-            stored_bytes += state_bytes(state)
+            stored.store(k, state)
         elif op is Op.RESTORE:
-            state = stored[k]
+            state = stored.restore(k)
         elif op is Op.FREE:
-            stored_bytes -= state_bytes(stored.pop(k))
+            stored.free(k)
         elif k == n:  # REVERSE of the outer loss: seed the adjoint with ∂L/∂θ_n
             floats = dynamics.floats(state)
             loss, dtheta = step.value_and_grad(floats.theta, data.x_real, data.y_real)
@@ -87,5 +89,5 @@ def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data
             grad_x[i] += grads.x
             if grad_y is not None:
                 grad_y[i] += grads.y
-        peak = max(peak, stored_bytes + dynamics.held_bytes())
+        peak = max(peak, stored.nbytes() + dynamics.held_bytes())
     return Sweep(loss, adj.theta, grad_lrs, grad_x, grad_y, forward, peak)

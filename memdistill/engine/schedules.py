@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 __all__ = [
     "Op", "Action", "ScheduleStats", "store_all", "periodic", "binomial", "reversible",
-    "simulate", "binomial_cost",
+    "simulate", "binomial_cost", "max_stored",
 ]
 
 
@@ -202,6 +202,18 @@ def reversible(n: int) -> list[Action]:
     for k in reversed(range(n)):
         acts += [Action(Op.RETREAT, k), Action(Op.REVERSE, k)]
     return acts
+
+
+def max_stored(actions: list[Action]) -> int:
+    """The most snapshots held at one time (the slots a pool needs); no validity checks (see :func:`simulate`)."""
+    held = peak = 0
+    for op, _ in actions:
+        if op is Op.STORE:
+            held += 1
+            peak = max(peak, held)
+        elif op is Op.FREE:
+            held -= 1
+    return peak
 
 
 def simulate(actions: list[Action], n: int) -> ScheduleStats:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-METHODS = ("autograd", "replay", "checkpoint", "reversible")
+METHODS = ("autograd", "replay", "checkpoint", "reversible", "auto")
 
 # Modules whose training-mode forward is random: a recomputed step would differ from the
 # original one, so no method could be exact.
@@ -93,6 +93,8 @@ def check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, met
                     "information and cannot be run backwards; use 'checkpoint' or set momentum, e.g. 0.9")
     if snapshots is not None and (not isinstance(snapshots, int) or isinstance(snapshots, bool) or snapshots < 1):
         raise _fail(f"snapshots must be None or an integer >= 1, got {snapshots!r}")
+    if snapshots is not None and method == "auto":
+        raise _fail("snapshots goes with method='checkpoint'; method='auto' picks them from memory")
     if x_syn.dim() < 3 or x_syn.shape[0] < 1 or x_syn.shape[1] < 1:
         raise _fail(f"x_syn must have shape [s, b, *in_shape] with s, b >= 1, got {list(x_syn.shape)}")
     for name, x in [("x_syn", x_syn), ("x_real", x_real)]:

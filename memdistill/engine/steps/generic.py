@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
+
+from memdistill.engine.steps.architecture import architecture
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -42,6 +46,15 @@ __all__ = ["GenericStep", "default_loss", "LossFn", "SECOND_ORDER"]
 SECOND_ORDER = ("reverse", "forward")
 # Errors with which torch.func refuses a module (vmap or grad transform); anything else propagates.
 _TRANSFORM_ERRORS = (RuntimeError, NotImplementedError, ValueError, TypeError)
+PRODUCTS = ("loss", "value_and_grad", "reverse")
+# torch.compile'd batched products, shared by the steps of one architecture (its constants are
+# arguments, so a fresh model of the same architecture reuses the compiled code); the shapes
+# each has been compiled for; and the keys whose compilation failed, with the reason.
+_COMPILED: dict[tuple, Callable] = {}
+_COMPILED_SHAPES: set[tuple] = set()
+_COMPILE_FAILED: dict[tuple, str] = {}
+# How the products are compiled: one graph per shape and dtype (the shapes of a run are few).
+COMPILE_OPTIONS: dict = {"dynamic": False}
 
 
 def default_loss(out: Tensor, y: Tensor) -> Tensor:
@@ -56,6 +69,12 @@ def default_loss(out: Tensor, y: Tensor) -> Tensor:
     if y.is_floating_point():
         return -(y * out.log_softmax(-1)).sum(-1).mean()
     return nn.functional.cross_entropy(out, y)
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it)."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message[:200]}"
 
 
 def _zeros_if_none(grads: tuple[Tensor | None, ...], like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -93,10 +112,16 @@ class GenericStep:
       second_order: "reverse" or "forward", how ``reverse`` forms Hw and the mixed terms
         (module docstring). The loop's "reverse" is plain double-backward autograd.
       per_model: x and y carry one batch per model (a leading B axis) instead of one shared batch.
+      compile: run the vmap-ed products (every B, B = 1 too) through ``torch.compile``
+        (``dynamic=False``: compiled once per shape and dtype, and shared by every step of the
+        same :func:`~memdistill.engine.steps.architecture.architecture`, loss and options). Pays
+        off for long runs only: compiling takes tens of seconds per product and shape on a CPU.
+        A compilation that fails falls back to the eager path, saying why in ``why``.
 
     Attributes:
       batched: whether B > 1 rows go through vmap; set to False by a failed probe.
       why: a sentence saying which path the step takes and why.
+      compile_seconds: the seconds this step spent in calls that compiled (first call of a shape).
 
     The probe: the first call with B > 1 of each product (loss, value_and_grad, reverse) tries
     the vmap path; a torch.func error (RuntimeError, NotImplementedError, ValueError,
@@ -108,7 +133,7 @@ class GenericStep:
     name = "generic"
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None = None, *, batched: bool = True,
-                 second_order: str = "reverse", per_model: bool = False):
+                 second_order: str = "reverse", per_model: bool = False, compile: bool = False):
         if second_order not in SECOND_ORDER:
             raise ValueError(f"GenericStep: unknown second_order {second_order!r}; it needs to be one of "
                              f"{list(SECOND_ORDER)}")
@@ -129,6 +154,10 @@ class GenericStep:
         self.why = ("vmap over the B rows (torch.func); probed on the first call with B > 1" if self.batched
                     else "loop over the B rows: batched=False (the reference)")
         self._passed: set[str] = set()
+        self.compile, self.compile_seconds, self.compile_failure = bool(compile), 0.0, ""
+        self.key = (architecture(model), self.loss_fn, second_order, self.per_model)
+        if self.compile and self.batched:
+            self.why = "torch.compile of the vmap-ed products (compiled on the first call of each shape)"
 
     # ------------------------------------------------------------------ layout
 
@@ -156,68 +185,103 @@ class GenericStep:
 
     def loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """[l(model_θj(x), y)]_j [B] for the B rows of theta [B, P] (differentiable)."""
-        return self._dispatch("loss", theta, lambda: self._vmap(self._row_loss, theta, x, y),
-                              lambda: self._loop_loss(theta, x, y))
+        return self._dispatch("loss", theta, x, y)
 
     def value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(losses [B], g [B, P])."""
-        def batched():
-            g, value = self._vmap(grad_and_value(self._row_loss), theta, x, y)
-            return value, g
-        return self._dispatch("value_and_grad", theta, batched, lambda: self._loop_value_and_grad(theta, x, y))
+        return self._dispatch("value_and_grad", theta, x, y)
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(g, H w, (∂g/∂x)ᵀ w, (∂g/∂y)ᵀ w or None for integer y); w [B, P]."""
-        return self._dispatch("reverse", theta, lambda: self._batched_reverse(theta, x, y, w),
-                              lambda: self._loop_reverse(theta, x, y, w))
+        return self._dispatch("reverse", theta, x, y, w)
 
     # ------------------------------------------------------------------ dispatch and probe
 
-    def _dispatch(self, product: str, theta: Tensor, batched: Callable, loop: Callable):
+    def _dispatch(self, product: str, theta: Tensor, *data: Tensor):
+        """``product`` of theta and data (x, y[, w]) by the compiled, vmap-ed or looped path."""
+        if self.compile and self.batched:
+            return self._compiled(product, theta, *data)
+        loop = getattr(self, f"_loop_{product}")
         if theta.shape[0] == 1 or not self.batched:
-            return loop()
+            return loop(theta, *data)
+        batched = getattr(self, f"_batched_{product}")
         if product in self._passed:
-            return batched()
+            return batched(self.constants, theta, *data)
         try:
-            out = batched()
+            out = batched(self.constants, theta, *data)
         except _TRANSFORM_ERRORS as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             self.batched = False
-            self.why = f"loop over the B rows: vmap failed on {product} ({type(error).__name__}: {message[:200]})"
-            return loop()
+            self.why = f"loop over the B rows: vmap failed on {product} ({_first_line(error)}){self.compile_failure}"
+            return loop(theta, *data)
         self._passed.add(product)
-        self.why = "vmap over the B rows (torch.func)"
+        self.why = f"vmap over the B rows (torch.func){self.compile_failure}"
         return out
+
+    def _compiled(self, product: str, theta: Tensor, *data: Tensor):
+        """The torch.compile'd batched product, compiled on the first call of each shape (that
+        call's seconds go to ``compile_seconds``); any failure to compile turns compile off."""
+        key = (self.key, product)
+        if key in _COMPILE_FAILED:
+            return self._without_compile(product, _COMPILE_FAILED[key], theta, *data)
+        if key not in _COMPILED:
+            _COMPILED[key] = torch.compile(getattr(self, f"_batched_{product}"), **COMPILE_OPTIONS)
+        shapes = (key, *((t.shape, t.dtype, t.device) for t in (theta, *data)))
+        if shapes in _COMPILED_SHAPES:
+            return _COMPILED[key](self.constants, theta, *data)
+        start = time.perf_counter()
+        try:
+            out = _COMPILED[key](self.constants, theta, *data)
+        except Exception as error:  # compiling is optional: any failure falls back to eager
+            _COMPILE_FAILED[key] = _first_line(error)
+            return self._without_compile(product, _COMPILE_FAILED[key], theta, *data)
+        self.compile_seconds += time.perf_counter() - start
+        _COMPILED_SHAPES.add(shapes)
+        return out
+
+    def _without_compile(self, product: str, reason: str, theta: Tensor, *data: Tensor):
+        self.compile, self.compile_failure = False, f"; torch.compile failed on {product} ({reason})"
+        self.why = f"{self.why}{self.compile_failure}"
+        return self._dispatch(product, theta, *data)
 
     # ------------------------------------------------------------------ one row, torch.func
 
-    def _row_loss(self, row: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """l(model_θ(x), y) for one row θ [P]."""
-        params = {**self.constants, **self.unflatten(row)}
+    def _row_loss(self, row: Tensor, x: Tensor, y: Tensor, constants: dict[str, Tensor]) -> Tensor:
+        """l(model_θ(x), y) for one row θ [P], frozen parameters and buffers ``constants``."""
+        params = {**constants, **self.unflatten(row)}
         return self.loss_fn(functional_call(self.functional_model, params, (x,)), y)
 
-    def _row_reverse(self, row: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple:
+    def _row_reverse(self, row: Tensor, x: Tensor, y: Tensor, w: Tensor, constants: dict[str, Tensor]) -> tuple:
         """(g, Hw, (∂g/∂x)ᵀw[, (∂g/∂y)ᵀw]) for one row; the last only for float y."""
         soft = y.is_floating_point()
+        loss = partial(self._row_loss, constants=constants)
         if self.second_order == "forward":
             def gradients(r: Tensor) -> tuple:
-                return grad(self._row_loss, argnums=(0, 1, 2) if soft else (0, 1))(r, x, y)
+                return grad(loss, argnums=(0, 1, 2) if soft else (0, 1))(r, x, y)
             primal, tangent = jvp(gradients, (row,), (w,))
             return (primal[0], *tangent)
         if soft:
-            g, pullback = vjp(grad(self._row_loss), row, x, y)
+            g, pullback = vjp(grad(loss), row, x, y)
         else:
-            g, pullback = vjp(lambda r, a: grad(self._row_loss)(r, a, y), row, x)
+            g, pullback = vjp(lambda r, a: grad(loss)(r, a, y), row, x)
         return (g, *pullback(w))
 
     # ------------------------------------------------------------------ B rows in one vmap
 
-    def _vmap(self, fn: Callable, theta: Tensor, x: Tensor, y: Tensor, *rest: Tensor):
+    def _vmap(self, fn: Callable, constants: dict[str, Tensor], theta: Tensor, x: Tensor, y: Tensor, *rest: Tensor):
         data = 0 if self.per_model else None
-        return vmap(fn, in_dims=(0, data, data, *(0 for _ in rest)))(theta, x, y, *rest)
+        return vmap(partial(fn, constants=constants), in_dims=(0, data, data, *(0 for _ in rest)))(theta, x, y, *rest)
 
-    def _batched_reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple:
-        return self._collect(*self._vmap(self._row_reverse, theta, x, y, w))
+    def _batched_loss(self, constants: dict[str, Tensor], theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return self._vmap(self._row_loss, constants, theta, x, y)
+
+    def _batched_value_and_grad(self, constants: dict[str, Tensor], theta: Tensor, x: Tensor,
+                                y: Tensor) -> tuple[Tensor, Tensor]:
+        g, value = self._vmap(grad_and_value(self._row_loss), constants, theta, x, y)
+        return value, g
+
+    def _batched_reverse(self, constants: dict[str, Tensor], theta: Tensor, x: Tensor, y: Tensor,
+                         w: Tensor) -> tuple:
+        return self._collect(*self._vmap(self._row_reverse, constants, theta, x, y, w))
 
     def _collect(self, g: Tensor, hvp: Tensor, dx: Tensor, *dy: Tensor) -> tuple:
         """(g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw or None) from per-row terms; a shared batch sums every
@@ -256,6 +320,6 @@ class GenericStep:
 
     def _loop_reverse_forward(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple:
         """Forward-over-reverse one row at a time (torch.func without vmap)."""
-        rows = [self._row_reverse(row, a, b, v)
+        rows = [self._row_reverse(row, a, b, v, self.constants)
                 for (row, a, b), v in zip(self._rows(theta, x, y), w.unbind(0))]
         return self._collect(*(torch.stack(parts) for parts in zip(*rows)))
