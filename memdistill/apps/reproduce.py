@@ -13,16 +13,18 @@ Protocol, with the paper's settings as the defaults of :class:`Protocol`:
    (1 model, 1 epoch) and internal models (10 steps, 1 epoch).
 
 Outputs in ``out``: results.json, report.md, PNG figures and every distilled set under
-``distilled/``, all written atomically.
+``distilled/``, all written atomically. One progress bar covers the run, its units each task's
+estimated work (:func:`plan`); a line is logged as each phase ends (:class:`Phases`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,9 @@ from memdistill.distill.evaluation import (
     median_index,
     summarize,
     summarize_table,
-    train_full,
+    train_full_many,
 )
-from memdistill.distill.training import STRATEGIES, train_on
+from memdistill.distill.training import STRATEGIES, train_many
 from memdistill.models import MLP, mlp
 
 MIXED = "mixed"
@@ -92,21 +94,30 @@ QUICK = dict(
     sweep_steps=(1, 5),
     sweep_models=(1, 3),
 )
-"""Overrides of :class:`Protocol` for ``--quick`` (about 15 seconds on 2 CPU cores); the larger
-outer_lr makes up for the 16× fewer outer steps."""
+"""Overrides of :class:`Protocol` for ``--quick`` (13 s measured on 2 CPU cores, figures
+included); the larger outer_lr makes up for the 16× fewer outer steps. Its results are marked as
+a quick run (``run(quick=True)``): they show none of the paper's effects."""
 
 
-class Clock:
-    """Seconds spent per phase: ``with clock("distill"): ...`` adds to ``clock.seconds``."""
+class Phases:
+    """Wall seconds of each phase of a run, a line when each ends, the progress bar's postfix.
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    ``with phases("distill", "4 sources × 10 restarts"): ...`` adds the phase's wall seconds to
+    ``phases.seconds`` and then calls ``log("distill: 4 sources × 10 restarts in 12.3 s")``.
+    """
+
+    def __init__(self, bar: tqdm, log: Callable[[str], None] | None) -> None:
+        self.bar, self.log, self.seconds = bar, log, {}
 
     @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
+    def __call__(self, phase: str, what: str) -> Iterator[None]:
         start = time.perf_counter()
+        self.bar.set_postfix_str(phase)
         yield
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        if self.log is not None:
+            self.log(f"{phase}: {what} in {seconds:.1f} s")
 
 
 def distill(
@@ -151,6 +162,70 @@ def sources(protocol: Protocol, dataset: Dataset) -> dict[str, list[MLP]]:
     return {**single, MIXED: [_arch(name, dataset) for name in protocol.archs]}
 
 
+DISTILL_WEIGHT = 6
+"""Cost of one inner step of a distillation relative to one training step of a test model:
+forward sweep, recomputation and the reverse sweep of ``checkpoint`` over B = restarts × m rows."""
+BASELINE_WEIGHT = 0.9
+"""Cost of one full-data step (all training points) of one baseline model per linear layer."""
+FIGURES_COST = 100_000
+"""Cost of the figures (and of retraining the two models each boundary panel shows)."""
+
+
+def training_cost(archs: Sequence[MLP], steps: int) -> int:
+    """Estimated work of ``steps`` inner steps of every model of ``archs``: steps × (linear
+    layers + 2) per distinct architecture (a tiny MLP's step costs a fixed overhead plus its kernel
+    launches, ∝ depth; copies of one architecture train as the rows of one batched step).
+    Calibrated on process seconds of each task of ``--quick`` (one thread)."""
+    return steps * sum(len(arch.hidden) + 3 for arch in set(archs))
+
+
+def distill_cost(
+    protocol: Protocol, dataset: Dataset, archs: Sequence[MLP], *, steps: int | None = None, epochs: int | None = None
+) -> int:
+    """Estimated work of one (restart-batched) distillation: outer steps × n inner steps."""
+    outer = protocol.outer_epochs * math.ceil(len(dataset.x_train) / protocol.batch_size)
+    n = (steps or protocol.steps) * (epochs or protocol.epochs)
+    return DISTILL_WEIGHT * training_cost(archs, outer * n)
+
+
+def evaluate_cost(
+    protocol: Protocol, dataset: Dataset, strategies: Sequence[str] = STRATEGIES, *, steps: int | None = None,
+    epochs: int | None = None, archs: Sequence[str] | None = None
+) -> int:
+    """Estimated work of testing one distilled set: every test architecture (``archs``, default
+    the protocol's) × strategy, whose schedule runs n = s·e steps (none) or s × ``total_epochs``
+    (s1–s3, s3 at least n)."""
+    s, n = steps or protocol.steps, (steps or protocol.steps) * (epochs or protocol.epochs)
+    lengths = {"none": n, "s1": s * protocol.total_epochs, "s2": s * protocol.total_epochs,
+               "s3": max(n, s * protocol.total_epochs)}
+    names = protocol.archs if archs is None else archs
+    return sum(training_cost([_arch(name, dataset)], lengths[strategy]) for name in names for strategy in strategies)
+
+
+def baseline_cost(protocol: Protocol, dataset: Dataset, name: str) -> int:
+    """Estimated work of the full-data baseline of one architecture (its models batched)."""
+    layers = len(_arch(name, dataset).hidden) + 1
+    return round(BASELINE_WEIGHT * protocol.baseline_inits * protocol.baseline_epochs * layers)
+
+
+def sweep_points(protocol: Protocol) -> list[tuple[str, int, dict[str, int], int]]:
+    """(swept name, value, distillation shape {steps, epochs}, internal models) of every sweep
+    point: epochs (1 model, 1 step), steps (1 model, 1 epoch), models (10 steps, 1 epoch)."""
+    return [
+        *(("epochs", v, dict(steps=1, epochs=v), 1) for v in protocol.sweep_epochs),
+        *(("steps", v, dict(steps=v, epochs=1), 1) for v in protocol.sweep_steps),
+        *(("models", v, dict(steps=10, epochs=1), v) for v in protocol.sweep_models),
+    ]
+
+
+def sweep_cost(protocol: Protocol, dataset: Dataset, shape: dict[str, int], models: int) -> int:
+    """Estimated work of one sweep point: its distillation and its test models (strategy none)."""
+    arch = _arch(protocol.sweep_arch, dataset)
+    return distill_cost(protocol, dataset, [arch] * models, **shape) + evaluate_cost(
+        protocol, dataset, ["none"], archs=[protocol.sweep_arch], **shape
+    )
+
+
 def distill_source(protocol: Protocol, source: str, out: Path, progress: bool) -> tuple[list[DistilledData], float]:
     """All restarts of ``source`` in one batched distillation (restart r: seed ``protocol.seed + r``),
     saved as ``out/distilled/<source>-r<r>.safetensors``; returns (the data, seconds)."""
@@ -186,23 +261,54 @@ def evaluate_restart(
     return accuracies, time.perf_counter() - start
 
 
-def _map(jobs: int, function: Callable, *iterables: Sequence) -> Iterator:
-    """``map`` in this process (jobs = 1) or in ``jobs`` spawned one-thread processes."""
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch thread, then restore the count: the protocol's models are
+    tiny, so intra-op threads only contend (on a loaded 2-core machine, 2 threads made the
+    full-data baseline 15× slower in wall time), and every process of ``jobs`` > 1 runs one too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def _pool(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``jobs`` spawned one-thread worker processes, or None (jobs = 1: work in this process)."""
     if jobs == 1:
-        yield from map(function, *iterables)
+        yield None
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
-    ) as pool:
-        yield from pool.map(function, *iterables)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield pool
+
+
+def _completed(
+    pool: ProcessPoolExecutor | None, function: Callable, calls: Sequence[tuple], bar: tqdm
+) -> Iterator[tuple[int, Any]]:
+    """``(i, function(*calls[i]))`` for every call: in order in this process (no pool), or in the
+    pool's processes, each as soon as it finishes (submitted in the order of ``calls``), the
+    ``bar`` redrawn every second meanwhile (its elapsed time runs on while no task ends)."""
+    if pool is None:
+        for i, args in enumerate(calls):
+            yield i, function(*args)
+        return
+    futures = {pool.submit(function, *args): i for i, args in enumerate(calls)}
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield futures[future], future.result()
+        if not done:
+            bar.refresh()
 
 
 def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, list[float]]:
     """Test accuracies of the full-data baseline of every architecture."""
     baseline = {}
     for name in protocol.archs:
-        bar.set_postfix_str(f"baseline {name}")
         baseline[name] = baseline_accuracies(
             dataset,
             _arch(name, dataset),
@@ -211,100 +317,156 @@ def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, l
             lr=protocol.baseline_lr,
             seed=protocol.seed,
         )
-        bar.update()
+        bar.update(baseline_cost(protocol, dataset, name))
     return baseline
 
 
-def run_restarts(
-    protocol: Protocol, out: Path, names: list[str], jobs: int, bar: tqdm, clock: Clock
-) -> tuple[dict[str, list[DistilledData]], dict[str, dict[str, dict[str, list[float]]]]]:
-    """Distil every source (its restarts batched), then evaluate every (source, restart);
-    returns distilled[source] and accuracies[source][strategy][arch]."""
-    inner_bars = not bar.disable and jobs == 1
-    distilled: dict[str, list[DistilledData]] = {}
-    bar.set_postfix_str("distil")
-    for source, (data, seconds) in zip(names, _map(jobs, distill_source, [protocol] * len(names), names,
-                                                      [out] * len(names), [inner_bars] * len(names))):
-        distilled[source] = data
-        clock.seconds["distill"] = clock.seconds.get("distill", 0.0) + seconds
-        bar.update(len(data))
-    accuracies = {source: {s: {a: [] for a in protocol.archs} for s in STRATEGIES} for source in names}
-    tasks = [(source, r) for source in names for r in range(protocol.restarts)]
-    bar.set_postfix_str("evaluate")
-    outputs = _map(jobs, evaluate_restart, [protocol] * len(tasks), [distilled[s][r] for s, r in tasks],
-                   [r for _, r in tasks])
-    for (source, _), (accs, seconds) in zip(tasks, outputs):
-        for strategy, by_arch in accs.items():
-            for name, values in by_arch.items():
-                accuracies[source][strategy][name] += values
-        clock.seconds["evaluate"] = clock.seconds.get("evaluate", 0.0) + seconds
-        bar.update()
-    return distilled, accuracies
+def run_distillations(
+    protocol: Protocol, dataset: Dataset, out: Path, pool: ProcessPoolExecutor | None, bar: tqdm, task_seconds: dict
+) -> dict[str, list[DistilledData]]:
+    """Distil every source (its restarts batched), the costliest first; returns distilled[source]."""
+    archs = sources(protocol, dataset)
+    names = sorted(archs, key=lambda name: -distill_cost(protocol, dataset, archs[name]))
+    inner_bars = not bar.disable and pool is None
+    distilled = {}
+    for i, (data, seconds) in _completed(pool, distill_source, [(protocol, name, out, inner_bars) for name in names], bar):
+        distilled[names[i]] = data
+        task_seconds["distill"] = task_seconds.get("distill", 0.0) + seconds
+        bar.update(distill_cost(protocol, dataset, archs[names[i]]))
+    return {name: distilled[name] for name in archs}
+
+
+def run_evaluations(
+    protocol: Protocol,
+    dataset: Dataset,
+    distilled: dict[str, list[DistilledData]],
+    pool: ProcessPoolExecutor | None,
+    bar: tqdm,
+    task_seconds: dict,
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Evaluate every (source, restart); returns accuracies[source][strategy][arch], restart by
+    restart (whatever order the tasks finish in)."""
+    tasks = [(source, r) for source in distilled for r in range(len(distilled[source]))]
+    outputs = {}
+    calls = [(protocol, distilled[source][r], r) for source, r in tasks]
+    for i, (accs, seconds) in _completed(pool, evaluate_restart, calls, bar):
+        outputs[tasks[i]] = accs
+        task_seconds["evaluate"] = task_seconds.get("evaluate", 0.0) + seconds
+        bar.update(evaluate_cost(protocol, dataset))
+    return {
+        source: {s: {a: [v for r in range(len(runs)) for v in outputs[source, r][s][a]] for a in protocol.archs}
+                 for s in STRATEGIES}
+        for source, runs in distilled.items()
+    }
+
+
+def plan(protocol: Protocol, dataset: Dataset, sweeps: bool) -> dict[str, int]:
+    """Estimated work of each phase (the progress bar's units, so that its ETA weighs each task
+    by its cost): baseline, distill, evaluate, sweeps, figures."""
+    archs = sources(protocol, dataset)
+    work = {
+        "baseline": sum(baseline_cost(protocol, dataset, name) for name in protocol.archs),
+        "distill": sum(distill_cost(protocol, dataset, a) for a in archs.values()),
+        "evaluate": len(archs) * protocol.restarts * evaluate_cost(protocol, dataset),
+        "figures": FIGURES_COST,
+    }
+    if sweeps:
+        work["sweeps"] = sum(sweep_cost(protocol, dataset, shape, m) for _, _, shape, m in sweep_points(protocol))
+    return work
+
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left{postfix}"
 
 
 def run(
-    protocol: Protocol, out: str | Path, *, sweeps: bool = False, progress: bool = True, jobs: int = 1
+    protocol: Protocol,
+    out: str | Path,
+    *,
+    sweeps: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
+    quick: bool = False,
+    log: Callable[[str], None] | None = tqdm.write,
 ) -> dict[str, Any]:
     """Run the protocol, write results.json, report.md, figures and distilled sets to ``out``.
 
     Args:
+      progress: one tqdm bar over the whole run, its units each task's estimated cost
+        (:func:`plan`), so the time left weighs cheap and costly tasks alike.
       jobs: processes that run distillations (one per source, its restarts batched) and
-        evaluations (one per distilled set) at once (1: in this process). The results do not
-        depend on it: every distillation and test model has its own seed.
+        evaluations (one per distilled set) at once (1: in this process), each with one torch
+        thread (:func:`one_thread`). The results do not depend on it: every distillation and
+        test model has its own seed.
+      quick: marks the results as a quick run (``--quick``): results.json ``"quick": true``, a
+        banner atop report.md, :data:`figures.QUICK_NOTE` in every figure title.
+      log: called with a line as each phase ends (``"distill: … in 12.3 s"``); None: silent.
 
     Returns:
-      The results (the content of results.json); ``timing`` sums the seconds of each phase
-      over all tasks (with jobs > 1 that exceeds the wall time).
+      The results (the content of results.json): ``phases`` holds the wall seconds of each phase,
+      ``timing`` the seconds of each phase summed over its tasks (with jobs > 1 that exceeds
+      the wall time), ``seconds`` the whole run's.
     """
     if jobs < 1:
         raise ValueError(f"reproduce: jobs must be >= 1, got {jobs}")
-    start, out, clock = time.perf_counter(), Path(out), Clock()
+    start, out, task_seconds = time.perf_counter(), Path(out), {}
     dataset = load_dataset(protocol.data)
-    names = list(sources(protocol, dataset))
-    with tqdm(
-        total=len(protocol.archs) + 2 * len(names) * protocol.restarts, desc="reproduce", unit="task",
-        disable=not progress,
-    ) as bar:
-        with clock("baseline"):
+    work = plan(protocol, dataset, sweeps)
+    count = f"{len(protocol.archs) + 1} sources × {protocol.restarts} restarts"
+    with tqdm(total=sum(work.values()), desc="reproduce", bar_format=BAR_FORMAT, smoothing=0,
+              disable=not progress) as bar, one_thread():
+        phases = Phases(bar, log)
+        with phases("baseline", f"{len(protocol.archs)} architectures × {protocol.baseline_inits} full-data models"):
             baseline = run_baseline(protocol, dataset, bar)
-        distilled, accuracies = run_restarts(protocol, out, names, jobs, bar, clock)
-    results: dict[str, Any] = {
-        "baseline": {name: summarize(values) for name, values in baseline.items()},
-        "table1": {source: summarize_table(accuracies[source]) for source in protocol.archs},
-        "table2": summarize_table(accuracies[MIXED]),
-        "config": {**dataclasses.asdict(protocol), "jobs": jobs},
-    }
-    if sweeps:
-        with clock("sweeps"):
-            sweep_arch = _arch(protocol.sweep_arch, dataset)
-            results["sweeps"] = run_sweeps(protocol, dataset, sweep_arch, progress=progress)
-    with clock("figures"):
-        names = write_figures(out, dataset, baseline, distilled, accuracies, results, protocol)
-    results["timing"] = clock.seconds
+        task_seconds["baseline"] = phases.seconds["baseline"]
+        with _pool(jobs) as pool:
+            with phases("distill", count):
+                distilled = run_distillations(protocol, dataset, out, pool, bar, task_seconds)
+            with phases("evaluate", f"{count} × {len(STRATEGIES)} strategies × {len(protocol.archs)} "
+                        f"architectures × {protocol.eval_inits} test models"):
+                accuracies = run_evaluations(protocol, dataset, distilled, pool, bar, task_seconds)
+        results: dict[str, Any] = {
+            "quick": quick,
+            "baseline": {name: summarize(values) for name, values in baseline.items()},
+            "table1": {source: summarize_table(accuracies[source]) for source in protocol.archs},
+            "table2": summarize_table(accuracies[MIXED]),
+            "config": {**dataclasses.asdict(protocol), "jobs": jobs},
+        }
+        if sweeps:
+            with phases("sweeps", f"{len(sweep_points(protocol))} distillations"):
+                sweep_arch = _arch(protocol.sweep_arch, dataset)
+                results["sweeps"] = run_sweeps(protocol, dataset, sweep_arch, progress=progress, bar=bar)
+            task_seconds["sweeps"] = phases.seconds["sweeps"]
+        with phases("figures", "PNG figures"):
+            drawn = write_figures(out, dataset, baseline, distilled, accuracies, results, protocol)
+            bar.update(FIGURES_COST)
+        task_seconds["figures"] = phases.seconds["figures"]
+    results["timing"] = task_seconds
+    results["phases"] = phases.seconds
+    results["figure_seconds"] = drawn
     results["seconds"] = time.perf_counter() - start
     write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", render_report(results, names))
+    write_text_atomic(out / "report.md", render_report(results, list(drawn)))
     return results
 
 
 def run_sweeps(
-    protocol: Protocol, dataset: Dataset, arch: MLP, *, progress: bool = True
+    protocol: Protocol, dataset: Dataset, arch: MLP, *, progress: bool = True, bar: tqdm | None = None
 ) -> dict[str, dict[str, Any]]:
     """Test accuracy of ``arch`` (strategy none, ``eval_inits`` models) vs internal epochs
-    (1 model, 1 step), internal steps (1 model, 1 epoch) and internal models (10 steps, 1 epoch)."""
-    grids = {
-        "epochs": [(dict(steps=1, epochs=v), 1) for v in protocol.sweep_epochs],
-        "steps": [(dict(steps=v, epochs=1), 1) for v in protocol.sweep_steps],
-        "models": [(dict(steps=10, epochs=1), v) for v in protocol.sweep_models],
-    }
+    (1 model, 1 step), internal steps (1 model, 1 epoch) and internal models (10 steps, 1 epoch);
+    ``bar`` advances by each point's :func:`sweep_cost`."""
     results: dict[str, dict[str, Any]] = {}
-    for name, points in grids.items():
-        results[name] = {}
-        for (shape, models), value in zip(points, getattr(protocol, f"sweep_{name}")):
-            data = distill(protocol, dataset, [arch] * models, protocol.seed, progress=progress, **shape)
-            accs = distilled_accuracies(data, dataset, arch, None, inits=protocol.eval_inits)
-            results[name][str(value)] = summarize(accs)
+    for name, value, shape, models in sweep_points(protocol):
+        data = distill(protocol, dataset, [arch] * models, protocol.seed, progress=progress, **shape)
+        accs = distilled_accuracies(data, dataset, arch, None, inits=protocol.eval_inits)
+        results.setdefault(name, {})[str(value)] = summarize(accs)
+        if bar is not None:
+            bar.update(sweep_cost(protocol, dataset, shape, models))
     return results
+
+
+SOURCE_LABELS = {MIXED: "mixed (one of each)"}
+"""Row labels of the accuracy figure; any other source ``A`` reads "distilled for A"."""
 
 
 def write_figures(
@@ -315,45 +477,46 @@ def write_figures(
     accuracies: dict[str, dict[str, dict[str, list[float]]]],
     results: dict[str, Any],
     protocol: Protocol,
-) -> list[str]:
-    """Write the PNG figures; return their file names (2-D plots only for 2 features)."""
+) -> dict[str, float]:
+    """Draw and write the PNG figures (2-D plots only for 2 features), each titled with
+    :data:`figures.QUICK_NOTE` when ``results["quick"]``; returns file name → seconds it took."""
+    note = figures.QUICK_NOTE if results.get("quick") else ""
     first = {source: runs[0] for source, runs in distilled.items()}
-    plots = {}
+    draw: dict[str, Callable[[], Any]] = {}
     if dataset.in_features == 2:
-        plots["data.png"] = figures.plot_dataset(dataset)
-        plots["boundaries.png"] = figures.plot_boundaries(
-            dataset,
-            {
-                "full data": [median_baseline(dataset, name, baseline[name], protocol) for name in baseline],
-                "distilled": [
-                    median_distilled(dataset, name, distilled, accuracies, protocol) for name in baseline
-                ],
-            },
-        )
-        plots["synthetic.png"] = figures.plot_synthetic(dataset, first)
-    plots["lrs.png"] = figures.plot_lrs(first)
-    groups = {name: {"full data": values} for name, values in baseline.items()}
-    for source, by_strategy in accuracies.items():
-        for strategy, by_arch in by_strategy.items():
-            for name, values in by_arch.items():
-                groups[name][f"{source}/{strategy}"] = values
-    plots["accuracy.png"] = figures.plot_accuracies(groups)
+        draw["data.png"] = lambda: figures.plot_dataset(dataset, note=note)
+        draw["boundaries.png"] = lambda: figures.plot_boundaries(dataset, {
+            "full data": [median_baseline(dataset, name, baseline[name], protocol) for name in baseline],
+            "on data distilled for it": [median_distilled(dataset, name, distilled, accuracies, protocol) for name in baseline],
+        }, note=note)
+        draw["synthetic.png"] = lambda: figures.plot_synthetic(
+            dataset, first, note=note,
+            title=f"Synthetic objects x̃ of restart 0 of each distilled set, at {len(figures.synthetic_steps(protocol.steps))}"
+            f" of its s = {protocol.steps} inner steps")
+    draw["lrs.png"] = lambda: figures.plot_lrs(
+        first, note=note, title="Learned learning rate η̃_k of each inner step (restart 0 of each distilled set)")
+    rows = {SOURCE_LABELS.get(source, f"distilled for {source}"): by_strategy for source, by_strategy in accuracies.items()}
+    draw["accuracy.png"] = lambda: figures.plot_strategy_accuracies(
+        rows, baseline, note=note,
+        title=f"Test accuracy of fresh models trained on the distilled data ({protocol.restarts} restarts × "
+        f"{protocol.eval_inits} models per cell), by training strategy")
     if "sweeps" in results:
-        plots["sweeps.png"] = figures.plot_sweeps(results["sweeps"])
-    for name, figure in plots.items():
-        figures.save_png(figure, out / name)
-    return list(plots)
+        fixed = {"epochs": "1 model, 1 step", "steps": "1 model, 1 epoch", "models": "10 steps, 1 epoch"}
+        draw["sweeps.png"] = lambda: figures.plot_sweeps(results["sweeps"], fixed=fixed, note=note)
+    seconds = {}
+    for name, plot in draw.items():
+        start = time.perf_counter()
+        figures.save_png(plot(), out / name)
+        seconds[name] = time.perf_counter() - start
+    return seconds
 
 
 def median_baseline(dataset: Dataset, name: str, accs: list[float], protocol: Protocol) -> tuple:
-    """(name, model, accuracy) of the median full-data model, retrained from its seed."""
+    """(name, model, accuracy) of the median full-data model, retrained from its seed as a row,
+    as :func:`baseline_accuracies` trained it."""
     i = median_index(accs)
-    model = train_full(
-        dataset,
-        _arch(name, dataset),
-        protocol.seed + i,
-        epochs=protocol.baseline_epochs,
-        lr=protocol.baseline_lr,
+    (model,) = train_full_many(
+        dataset, _arch(name, dataset), [protocol.seed + i], epochs=protocol.baseline_epochs, lr=protocol.baseline_lr
     )
     return name, model, accs[i]
 
@@ -370,7 +533,5 @@ def median_distilled(
     accs = accuracies[name]["none"][name]
     i = median_index(accs)
     restart, init = divmod(i, protocol.eval_inits)
-    model = train_on(
-        distilled[name][restart], _arch(name, dataset), None, restart * protocol.eval_inits + init
-    )
+    (model,) = train_many(distilled[name][restart], _arch(name, dataset), [restart * protocol.eval_inits + init])
     return name, model, accs[i]

@@ -23,7 +23,7 @@ from torch import nn
 
 from memdistill.data import Dataset
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.training import batchable, load_rows, stack_rows, train_on, train_rows
+from memdistill.distill.training import batchable, load_rows, schedule, stack_rows, train_on, train_rows
 from memdistill.engine.hypergradient import make_step
 from memdistill.engine.steps.generic import GenericStep, default_loss
 from memdistill.models import fresh_model
@@ -108,6 +108,24 @@ def median_index(values: Sequence[float]) -> int:
     """Index of a median value (the lower one for an even count)."""
     order = np.argsort(np.asarray(values), kind="stable")
     return int(order[(len(order) - 1) // 2])
+
+
+FULL_STEP_COST = 4
+"""Cost of one step of the full-data baseline relative to one step on a synthetic batch (the
+progress units of :func:`training_steps` and :func:`baseline_steps`; measured on two moons)."""
+
+
+def training_steps(data: DistilledData, strategy: str | None, **strategy_constants: float) -> int:
+    """Inner steps of a model trained on ``data`` with ``strategy``: the length of its schedule."""
+    return len(schedule(data, strategy, **strategy_constants))
+
+
+def baseline_steps(
+    dataset: Dataset, *, epochs: int = 500, batch_size: int | None = None, max_steps: int | None = None, **_: Any
+) -> int:
+    """Gradient steps of one full-data baseline model (:func:`train_full`'s arguments)."""
+    per_epoch = 1 if batch_size is None else -(-len(dataset.x_train) // batch_size)
+    return min(epochs * per_epoch, max_steps or epochs * per_epoch)
 
 
 def minibatches(n: int, batch_size: int | None, epochs: int, seed: int) -> Iterator[torch.Tensor]:
