@@ -94,8 +94,8 @@ def test_cli_rejects_a_bad_file_before_any_work(tmp_path, capsys):
         main(["batch", str(job), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert (
-        "memdistill batch: error: job.toml: jobs[0].method: expected one of 'autograd', 'replay', 'checkpoint' or "
-        "'reversible', got 'adjiont'"
+        "memdistill batch: error: job.toml: jobs[0].method: expected one of 'autograd', 'replay', 'checkpoint', "
+        "'reversible' or 'auto', got 'adjiont'"
         in capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()

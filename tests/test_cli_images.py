@@ -62,12 +62,14 @@ def test_an_import_string_architecture_and_an_npz_data_set(tmp_path, monkeypatch
         (["--data", "moons", "--arch", "lenet"], "lenet"),
         (["--data", "digits-images", "--arch", "nowhere.module:net"], "cannot import module 'nowhere.module'"),
         (["--data", "digits-images", "--arch", "convnet-4"], "depth"),
-        (["--data", "mnist", "--data-root", "/nonexistent"], "train-images-idx3-ubyte"),
-        (["--data", "digits-images", "--models", "0"], "--models must be >= 1"),
-        (["--data", "digits-images", "--inits", "-1"], "--inits must be >= 0"),
+        (["--data", "mnist", "--data-root", "/nonexistent"], "--data-root: no folder at '/nonexistent'"),
+        (["--data", "mnist", "--data-root", "{tmp}"], "train-images-idx3-ubyte"),
+        (["--data", "digits-images", "--models", "0"], "argument --models: expected an integer >= 1, got 0"),
+        (["--data", "digits-images", "--inits", "-1"], "argument --inits: expected an integer >= 0, got -1"),
     ],
 )
 def test_bad_image_input_names_the_argument(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]  # an empty folder
     with pytest.raises(SystemExit) as exit_:
         main(["distill", *argv, *TINY, "--out", str(tmp_path)])
     assert exit_.value.code == 2

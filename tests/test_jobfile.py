@@ -34,7 +34,7 @@ BAD_FILES = [
     ("jobs = [1]\n", "jobs[0]: expected a table, got 1"),
     (
         '[[jobs]]\nmethod = "adjiont"\n',
-        "jobs[0].method: expected one of 'autograd', 'replay', 'checkpoint' or 'reversible', got 'adjiont'",
+        "jobs[0].method: expected one of 'autograd', 'replay', 'checkpoint', 'reversible' or 'auto', got 'adjiont'",
     ),
     ("[[jobs]]\nstesp = 3\n", "jobs[0].stesp: unknown key (did you mean 'steps'?)"),
     ('[[jobs]]\nsteps = "3"\n', "jobs[0].steps: expected an integer, got '3' (str)"),

@@ -32,6 +32,11 @@ Distiller checkpoint ``OUT/<first job of the run>/state.pt`` (saved every ``save
 steps, removed once the run's data are saved), so a run killed at any point gives the same
 bits as an uninterrupted one. Without ``resume``, a job folder holding any of these files is
 an error, as is a finished job whose recorded config differs from the job file's.
+
+SIGINT or SIGTERM (a scheduler's) stops a distillation at its next safe point, between two
+outer steps, after saving its checkpoint (:class:`memdistill.distill.resume.Interrupted`); a run
+that diverges writes each job's last finite and best state (:data:`KEPT_FILES`) beside the
+checkpoint of its last finite state, which ``resume`` continues, also with a lower ``outer_lr``.
 """
 
 from __future__ import annotations
@@ -59,11 +64,14 @@ from memdistill.data import Dataset, load_dataset
 from memdistill.distill.distilled import DistilledData
 from memdistill.distill.distiller import Distiller
 from memdistill.distill.evaluation import distilled_accuracies, summarize_table
+from memdistill.distill.outer import DivergedError
 from memdistill.models import check_arch, resolve_arch
 
 DATA_FILE = "distilled.safetensors"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "state.pt"
+KEPT_FILES = {"last-finite": "distilled-last-finite.safetensors", "best": "distilled-best.safetensors"}
+"""What a diverged distillation leaves of each job, by DistilledData.config["kept"]."""
 Accuracies = dict[str, dict[str, list[float]]]
 """Test accuracies[strategy][test architecture], one per fresh model."""
 
@@ -268,6 +276,7 @@ def distil(
         seed=config.seed + run.first,
         soft_labels=config.soft_labels,
         snapshots=config.snapshots,
+        memory=config.memory,
         dtype=getattr(torch, config.dtype),
         device=device(config.device),
         progress=progress,
@@ -287,16 +296,32 @@ def distil(
         outer_steps=config.outer_steps,
     )
     for job, data in zip(run.jobs, results):
-        data.config = {
-            **data.config,
-            "data": config.data,
-            "label": config.label,
-            **dataset.display(),
-            "job": job.name,
-            "restart": job.restart,
-            "batch": distillation_record(job),
-        }
+        record(job, data, dataset)
     return results
+
+
+def record(job: Job, data: DistilledData, dataset: Dataset) -> DistilledData:
+    """``data`` with its config recording the data set and the job (returned for chaining)."""
+    data.config = {
+        **data.config,
+        "data": job.config.data,
+        "label": job.config.label,
+        **dataset.display(),
+        "job": job.name,
+        "restart": job.restart,
+        "batch": distillation_record(job),
+    }
+    return data
+
+
+def keep_diverged(run: Run, error: DivergedError, dataset: Dataset, out: Path) -> str:
+    """Write each job's last finite and best state (:data:`KEPT_FILES`); the failure to report."""
+    for job, last, best in zip(run.jobs, error.last, error.best):
+        for data in (last, best):
+            record(job, data, dataset).save(out / job.name / KEPT_FILES[data.config["kept"]])
+    return (f"diverged at outer step {error.step}: {error.reason}; kept {' and '.join(KEPT_FILES.values())} "
+            f"in the job folder and the state in {error.checkpoint}: lower outer_lr in the job file and rerun "
+            "with --resume to continue from it")
 
 
 def evaluate(data: DistilledData, dataset: Dataset, config: Config) -> Accuracies:
@@ -397,7 +422,12 @@ def execute(
         for job in run.jobs:
             remove_partial_writes(out / job.name)
     if status == "distil":
-        results = distil(run, dataset, out, resume=resume, data_parallel=data_parallel, progress=progress)
+        try:
+            results = distil(run, dataset, out, resume=resume, data_parallel=data_parallel, progress=progress)
+        except DivergedError as error:
+            if not writer:
+                raise
+            raise FloatingPointError(keep_diverged(run, error, dataset, out)) from None
         if data_parallel and dist.is_initialized():
             dist.barrier()  # every rank has written its last checkpoint before the writer removes it
         if writer:

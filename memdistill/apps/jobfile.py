@@ -25,6 +25,7 @@ from memdistill.apps.reproduce import Protocol
 from memdistill.data import BUNDLED, IMAGES, SYNTHETIC
 from memdistill.distill.outer import INITS, THETA0
 from memdistill.distill.training import STRATEGIES
+from memdistill.engine.planner import parse_memory
 from memdistill.engine.validation import METHODS
 from memdistill.models import resolve_arch
 
@@ -54,7 +55,14 @@ def _check(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _memory(value: str | int) -> str | int:
+    """A ``memory`` budget as :func:`memdistill.engine.planner.parse_memory` reads it, kept as written."""
+    parse_memory(value, "")
+    return value
+
+
 Checked, Count, Seed = Annotated[str, AfterValidator(_check)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=0)]
+Memory = Annotated[str | int, AfterValidator(_memory)]
 Archs = Annotated[tuple[Checked, ...], Field(min_length=1, strict=False)]
 Strategies = Annotated[tuple[Literal[STRATEGIES], ...], Field(min_length=1, strict=False)]
 Rate, Momentum = Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(ge=0, lt=1)]
@@ -93,6 +101,8 @@ class Settings(_Table):
     method: Literal[METHODS] = Field(PAPER.method, description="hypergradient method")
     momentum: Momentum = Field(PAPER.momentum, description="γ of the inner SGD, in [0, 1); `reversible` needs γ > 0")
     snapshots: Count | None = Field(None, description="stored states of `checkpoint` (default √(s·e) segments)")
+    memory: Memory | None = Field(None, description="budget of one sweep's stored states: bytes or `\"512MiB\"`, "
+                                  "`\"2GiB\"`, `\"64MB\"`; `method = \"auto\"` picks the method that fits")  # fmt: skip
     init_lr: Rate = Field(PAPER.init_lr, description="initial value of every learned learning rate")
     outer_lr: Rate = Field(PAPER.outer_lr, description="Adam's learning rate in the outer loop")
     outer_epochs: Count = Field(PAPER.outer_epochs, description="passes over the real data")

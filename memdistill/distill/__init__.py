@@ -10,6 +10,7 @@ May import: ``memdistill.engine``, ``memdistill.data``, ``memdistill.models``,
 """
 from memdistill.distill.distilled import DistilledData
 from memdistill.distill.distiller import Distiller
+from memdistill.distill.outer import DivergedError
 from memdistill.distill.training import STRATEGIES, train_on
 
-__all__ = ["STRATEGIES", "DistilledData", "Distiller", "train_on"]
+__all__ = ["STRATEGIES", "DistilledData", "Distiller", "DivergedError", "train_on"]

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from memdistill.distill.batching import Rows, hypergradients
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.outer import INITS, THETA0, OuterState, balanced_labels
-from memdistill.distill.resume import data_hash
+from memdistill.distill.outer import INITS, THETA0, DivergedError, OuterState, balanced_labels
+from memdistill.distill.resume import Interrupted, data_hash, deferred_signals
+from memdistill.engine.planner import parse_memory
 from memdistill.engine.validation import METHODS
 from memdistill.models import fresh_model
 
@@ -43,13 +44,16 @@ class Distiller:
       steps: s, synthetic batches (inner steps) per internal epoch.
       epochs: e, internal epochs; the inner loop runs n = s·e SGD steps.
       per_class: synthetic objects of each class per step (b = per_class · C).
-      method: the engine's method: "autograd" | "replay" | "checkpoint" | "reversible".
+      method: the engine's method: "autograd" | "replay" | "checkpoint" | "reversible" | "auto"
+        (the fastest whose stored states fit ``memory``; :func:`memdistill.plan`).
       momentum: γ of the inner SGD (torch.optim.SGD convention); "reversible" needs γ > 0.
       init_lr: initial value of every learned learning rate η̃_k.
       outer_lr: Adam's learning rate on x̃, ρ (and the soft-label logits).
       seed: seed of every random draw (x̃ init, θ0's, real minibatches).
       soft_labels: also learn soft labels ỹ.
       snapshots: the engine's stored states for "checkpoint" (None: √n segments).
+      memory: the engine's budget for stored states of one sweep (all the models of one
+        architecture): bytes or a string such as "512MiB", "2GiB" (see :func:`memdistill.hypergradient`).
       dtype: floating dtype of x̃, η̃ and the models (float32, or float64 for exactness).
       device: where to compute.
       progress: show a tqdm bar with the outer loss.
@@ -94,6 +98,7 @@ class Distiller:
         data_parallel: bool = False,
         init: str = "noise",
         theta0: str = "random",
+        memory: int | str | None = None,
     ):
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
@@ -119,6 +124,7 @@ class Distiller:
         self.archs = list(archs)
         self.steps, self.epochs, self.per_class = steps, epochs, per_class
         self.method, self.momentum, self.snapshots = method, float(momentum), snapshots
+        self.memory = parse_memory(memory, "Distiller")
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
         self.progress, self.init, self.theta0 = progress, init, theta0
@@ -140,6 +146,7 @@ class Distiller:
             "method": self.method,
             "momentum": self.momentum,
             "snapshots": self.snapshots,
+            **({} if self.memory is None else {"memory": self.memory}),
             "init_lr": self.init_lr,
             "outer_lr": self.outer_lr,
             "soft_labels": self.soft_labels,
@@ -176,10 +183,12 @@ class Distiller:
             defaults count in steps: 1,198 digits and 60,000 MNIST images make very different epochs).
           batch_size: real objects per outer step.
           checkpoint: file for the outer loop's full state (x̃, ρ, labels, Adam, generators,
-            position, history), written atomically every ``save_every`` outer steps and at the end.
+            position, history), written atomically every ``save_every`` outer steps, at the end,
+            on SIGINT/SIGTERM (at the next safe point, between two outer steps) and on divergence.
           save_every: outer steps between two checkpoints.
           resume: continue from ``checkpoint`` if it exists (bit-identical to an uninterrupted
-            run); without it an existing checkpoint is an error, never silently overwritten.
+            run; a state saved on divergence may be continued with a lower ``outer_lr``); without
+            it an existing checkpoint is an error, never silently overwritten.
 
         Returns:
           :class:`memdistill.DistilledData` with x [s, b, *in_shape], y [s, b] (int64, or the
@@ -187,8 +196,12 @@ class Distiller:
           list of R of them, restart r with seed ``seed + r``, when ``restarts`` was given.
 
         Raises:
-          FloatingPointError: the outer loss or a hypergradient became NaN/inf (the message
-            says what to lower); no data is returned then.
+          DivergedError: (a FloatingPointError) the outer loss or a hypergradient became NaN/inf,
+            or a reversible trajectory left its fixed-point range; it carries the last finite and
+            the best state of every restart (``error.last``, ``error.best``), the last finite one
+            also saved in ``checkpoint``; the message says what to lower.
+          Interrupted: (a KeyboardInterrupt) SIGINT or SIGTERM arrived while a ``checkpoint`` was
+            kept; the state after the current outer step was saved in it first.
           ValueError: the checkpoint is corrupt or belongs to another run.
         """
         X, y = self._check_real(X, y, outer_epochs, batch_size)
@@ -205,16 +218,29 @@ class Distiller:
                                       "continue it, or delete it to start over")
             state.restore(checkpoint, fingerprint)
         total = outer_steps or outer_epochs * math.ceil(len(X) / batch_size)
-        with tqdm(total=total, initial=state.done, desc="distill", unit="step", leave=False,
-                  disable=not self.progress) as bar:
+        with deferred_signals(checkpoint is not None) as received, tqdm(
+                total=total, initial=state.done, desc="distill", unit="step", leave=False,
+                disable=not self.progress) as bar:
+            previous = None  # the snapshot before the last finite step (its Adam step led here)
             while state.done < total:
+                before = state.snapshot()
                 index = state.next_batch(batch_size).to(self.device)
-                losses = self._outer_step(state, X[index], y[index])
+                try:
+                    losses = self._outer_step(state, X[index], y[index])
+                except DivergedError as error:
+                    last = before if previous is None else previous
+                    raise self._nothing_lost(error, state, last, config, checkpoint, fingerprint) from None
                 state.advance(losses)
-                if checkpoint is not None and (state.done % save_every == 0 or state.done == total):
+                previous = before
+                saved = checkpoint is not None and (state.done % save_every == 0 or state.done == total)
+                if saved:
                     state.save(checkpoint, fingerprint)
                 bar.set_postfix(loss=f"{sum(losses) / state.restarts:.4f}", refresh=False)
                 bar.update()
+                if (signum := self._any_rank(received())) is not None:
+                    if not saved:
+                        state.save(checkpoint, fingerprint)
+                    raise Interrupted(signum, state.done, checkpoint)
         results = state.results(config, self.seed)
         return results if self.restarts is not None else results[0]
 
@@ -243,9 +269,9 @@ class Distiller:
         try:
             result = hypergradients(models, x_syn.detach()[rows], y_syn.detach()[rows], lrs.detach()[rows],
                                     x_real[rows], y_real[rows], epochs=self.epochs, momentum=self.momentum,
-                                    method=self.method, snapshots=self.snapshots)
-        except FloatingPointError as error:
-            raise self._diverged(step, f"the inner loop diverged ({error})") from None
+                                    method=self.method, snapshots=self.snapshots, memory=self.memory)
+        except (FloatingPointError, OverflowError) as error:
+            raise DivergedError(step=step, reason=f"the inner loop diverged ({error})") from None
         if len(mine) != len(pairs):
             result = self._gather(result, len(pairs))
         # Mean over the m models of each restart, one restart at a time (the same reduction for any R).
@@ -257,7 +283,7 @@ class Distiller:
         grad_y = per_restart(result.grad_y) if y_syn.requires_grad else None
         grads = [g for g in (grad_x, grad_lrs, grad_y) if g is not None]
         if not (all(map(math.isfinite, losses)) and all(bool(torch.isfinite(g).all()) for g in grads)):
-            raise self._diverged(step, f"the outer loss or its hypergradient is not finite (losses {losses})")
+            raise DivergedError(step=step, reason=f"the outer loss or its hypergradient is not finite (losses {losses})")
         x_syn.grad = grad_x
         # chain rule through η̃ = softplus(ρ) and ỹ = sigmoid/softmax(logits) into ρ.grad, logits.grad
         torch.autograd.backward([lrs, y_syn][: len(grads) - 1], grads[1:])
@@ -283,12 +309,31 @@ class Distiller:
             return out.to(self.device)
         return Rows(*(merge(f) for f in range(len(Rows._fields))))
 
-    def _diverged(self, step: int, what: str) -> FloatingPointError:
-        return FloatingPointError(
-            f"Distiller: at outer step {step} {what}; nothing was returned. Lower init_lr "
+    def _any_rank(self, signum: int | None) -> int | None:
+        """The signal this process (or, under data_parallel, any rank) received: all ranks stop together."""
+        if not (self.data_parallel and dist.is_available() and dist.is_initialized()):
+            return signum
+        received: list[int | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(received, signum)
+        return next((s for s in received if s is not None), None)
+
+    def _nothing_lost(self, error: DivergedError, state: OuterState, last: dict, config: dict,
+                      checkpoint: str | Path | None, fingerprint: dict | None) -> DivergedError:
+        """``error`` with the last finite state (the snapshot ``last``: the state before the Adam
+        step that led to the divergence, so that a lower outer_lr can take that step again) and
+        the best one, the last also saved in ``checkpoint``."""
+        last, best = state.diverged(config, self.seed, last)
+        if checkpoint is not None:
+            state.save(checkpoint, fingerprint, diverged=True)
+        saved = (f", saved in {checkpoint} (fit again with resume=True and a lower outer_lr to continue it)"
+                 if checkpoint is not None else "")
+        steps = ", ".join(str(data.config["outer_step"]) for data in best)
+        return DivergedError(
+            f"Distiller: at outer step {error.step} {error.reason}. Kept: the last finite state in "
+            f"error.last{saved} and the best by outer loss in error.best (outer step {steps}). Lower init_lr "
             f"(now {self.init_lr}) or outer_lr (now {self.outer_lr}), use fewer steps/epochs "
-            f"(now {self.steps}×{self.epochs}), or use dtype=torch.float64"
-        )
+            f"(now {self.steps}×{self.epochs}), or use dtype=torch.float64",
+            step=error.step, reason=error.reason, last=last, best=best, checkpoint=checkpoint)
 
     def _check_real(
         self, X: torch.Tensor, y: torch.Tensor, outer_epochs: int, batch_size: int

@@ -5,10 +5,16 @@
 the position in the real data and the loss history. It is made, advanced, saved, restored and
 turned into :class:`DistilledData` here, each in one place, so that :meth:`Distiller.fit` reads
 as the loop of Algorithm 1 and new kinds of initialisation or recovery land in this type.
+
+A diverging run loses nothing: the state keeps, per restart, the learned tensors of the step with
+the lowest outer loss (:class:`Best`) and takes in-memory snapshots of itself;
+:meth:`OuterState.diverged` goes back to the last finite state and turns it and the best one
+into the results that :class:`DivergedError` carries.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +25,33 @@ from torch import Tensor, nn
 from memdistill.distill.distilled import DistilledData
 from memdistill.distill.resume import load_state, save_state
 
-__all__ = ["INITS", "LABEL_INIT", "THETA0", "OuterState", "balanced_labels", "inverse_softplus",
-           "real_init", "soft_label_logits", "soft_labels_from_logits"]
+__all__ = ["INITS", "LABEL_INIT", "THETA0", "Best", "DivergedError", "OuterState", "balanced_labels",
+           "inverse_softplus", "real_init", "soft_label_logits", "soft_labels_from_logits"]
 
 LABEL_INIT = 0.9
 INITS = ("noise", "real")
 THETA0 = ("random", "fixed")
+
+
+class DivergedError(FloatingPointError):
+    """The outer loop diverged at outer step ``step``; nothing is lost.
+
+    Attributes:
+      step: the outer step whose loss or hypergradient was not finite (``step`` steps were taken).
+      reason: what was not finite.
+      last: per restart, the :class:`DistilledData` of the last finite state (after ``step``
+        outer steps), ``config["diverged"]`` True and ``config["kept"] == "last-finite"``.
+      best: per restart, the state with the lowest outer loss seen (``config["kept"] == "best"``,
+        ``config["outer_step"]`` and ``config["outer_loss"]`` say which).
+      checkpoint: where the last finite state was saved (None: no checkpoint); resuming it with a
+        lower ``outer_lr`` continues the run.
+    """
+
+    def __init__(self, message: str = "", *, step: int = 0, reason: str = "", last: Sequence[DistilledData] = (),
+                 best: Sequence[DistilledData] = (), checkpoint: str | Path | None = None):
+        super().__init__(message)
+        self.step, self.reason, self.checkpoint = step, reason, checkpoint
+        self.last, self.best = list(last), list(best)
 
 
 def balanced_labels(steps: int, per_class: int, classes: int) -> Tensor:
@@ -76,6 +103,50 @@ def soft_labels_from_logits(logits: Tensor, outputs: int) -> Tensor:
     return torch.sigmoid(logits) if outputs == 1 else torch.softmax(logits, dim=-1)
 
 
+def _copy(value: Any) -> Any:
+    """A tensor's copy on the CPU (detached); anything else as it is."""
+    return value.detach().to("cpu", copy=True) if isinstance(value, Tensor) else value
+
+
+@dataclass
+class Best:
+    """Per restart r, the learned tensors (rows r of x̃ [R, …], ρ [R, n], logits) at outer step
+    ``step[r]``, the lowest outer loss ``loss[r]`` seen so far (inf and step 0: none yet)."""
+
+    x_syn: Tensor
+    rho: Tensor
+    logits: Tensor | None
+    loss: list[float]
+    step: list[int]
+
+    @classmethod
+    def start(cls, x_syn: Tensor, rho: Tensor, logits: Tensor | None) -> Best:
+        """The initial state of every restart, with no loss yet."""
+        copy = [None if t is None else t.detach().clone() for t in (x_syn, rho, logits)]
+        return cls(*copy, loss=[math.inf] * len(x_syn), step=[0] * len(x_syn))
+
+    def keep(self, losses: Sequence[float], step: int, x_syn: Tensor, rho: Tensor, logits: Tensor | None) -> None:
+        """Take the rows of the restarts whose loss at ``step`` (of these tensors) is a new minimum."""
+        for r, loss in enumerate(losses):
+            if loss < self.loss[r]:
+                self.loss[r], self.step[r] = loss, step
+                for mine, now in ((self.x_syn, x_syn), (self.rho, rho), (self.logits, logits)):
+                    if mine is not None:
+                        mine[r] = now[r].detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its tensors (on the CPU) and lists, for a checkpoint."""
+        return {"x_syn": self.x_syn.cpu(), "rho": self.rho.cpu(),
+                "logits": None if self.logits is None else self.logits.cpu(), "loss": self.loss, "step": self.step}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Take the values of :meth:`state_dict` (onto this one's device)."""
+        for mine, name in ((self.x_syn, "x_syn"), (self.rho, "rho"), (self.logits, "logits")):
+            if mine is not None:
+                mine.copy_(saved[name])
+        self.loss, self.step = list(saved["loss"]), list(saved["step"])
+
+
 @dataclass
 class OuterState:
     """The outer loop's state for R restarts (every tensor leads with R).
@@ -93,6 +164,7 @@ class OuterState:
       orders: [R, N] this outer epoch's permutation of the real data, per restart.
       done: outer steps taken.
       history: [R][done] the outer loss of every step, per restart.
+      best: per restart, the learned tensors with the lowest outer loss so far.
     """
 
     x_syn: Tensor
@@ -106,6 +178,7 @@ class OuterState:
     orders: Tensor
     done: int
     history: list[list[float]]
+    best: Best
 
     @classmethod
     def create(cls, *, restarts: int, seed: int, labels: Tensor, X: Tensor, y: Tensor, lrs: int,
@@ -139,7 +212,7 @@ class OuterState:
         return cls(x_syn=x_syn, rho=rho, logits=logits, labels=labels, outputs=outputs,
                    optimiser=torch.optim.Adam(learned, lr=outer_lr), generators=generators,
                    theta0_seeds=theta0_seeds, orders=torch.zeros(restarts, len(X), dtype=torch.int64),
-                   done=0, history=[[] for _ in range(restarts)])
+                   done=0, history=[[] for _ in range(restarts)], best=Best.start(x_syn, rho, logits))
 
     @property
     def restarts(self) -> int:
@@ -171,44 +244,84 @@ class OuterState:
             self.orders = torch.stack([torch.randperm(samples, generator=g) for g in self.generators])
         return self.orders[:, at:at + batch_size]
 
+    def snapshot(self) -> dict[str, Any]:
+        """A copy (on the CPU) of everything an outer step changes but the history, which only
+        grows (``done`` says how much of it is this state's), and the best state, which only
+        improves: what :meth:`load` goes back to. (``orders`` is replaced, never changed in place.)"""
+        adam = self.optimiser.state_dict()
+        return {"x_syn": _copy(self.x_syn), "rho": _copy(self.rho), "logits": _copy(self.logits),
+                "adam": {"state": {k: {n: _copy(v) for n, v in s.items()} for k, s in adam["state"].items()},
+                         "param_groups": [dict(g, params=list(g["params"])) for g in adam["param_groups"]]},
+                "generators": [g.get_state() for g in self.generators], "done": self.done, "orders": self.orders}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Go back to a :meth:`snapshot` (or take a saved state, with its history). Adam keeps
+        this state's learning rate (a diverged run's state may be resumed with a lower one)."""
+        with torch.no_grad():
+            for tensor, name in ((self.x_syn, "x_syn"), (self.rho, "rho"), (self.logits, "logits")):
+                if tensor is not None:
+                    tensor.copy_(saved[name])
+            if "best" in saved:
+                self.best.load(saved["best"])
+        rates = [group["lr"] for group in self.optimiser.param_groups]
+        self.optimiser.load_state_dict(saved["adam"])
+        for group, rate in zip(self.optimiser.param_groups, rates):
+            group["lr"] = rate
+        for g, state in zip(self.generators, saved["generators"]):
+            g.set_state(state)
+        self.done, self.orders = saved["done"], saved["orders"]
+        self.history = [list(h[:self.done]) for h in saved.get("history", self.history)]
+
     def advance(self, losses: list[float]) -> None:
-        """One Adam step along the gradients left in .grad, then record the R outer losses."""
+        """Keep the state if its R outer losses are the best yet, take one Adam step along the
+        gradients left in .grad, then record the losses."""
+        self.best.keep(losses, self.done, self.x_syn, self.rho, self.logits)
         self.optimiser.step()
         self.optimiser.zero_grad()
         for h, loss in zip(self.history, losses):
             h.append(loss)
         self.done += 1
 
-    def save(self, path: str | Path, fingerprint: dict[str, Any]) -> Path:
-        """Write the whole state to ``path`` atomically (see :mod:`memdistill.distill.resume`)."""
-        return save_state(path, fingerprint, {
-            "x_syn": self.x_syn.detach().cpu(), "rho": self.rho.detach().cpu(),
-            "logits": None if self.logits is None else self.logits.detach().cpu(),
-            "adam": self.optimiser.state_dict(), "generators": [g.get_state() for g in self.generators],
-            "done": self.done, "orders": self.orders, "history": self.history})
+    def save(self, path: str | Path, fingerprint: dict[str, Any], diverged: bool = False) -> Path:
+        """Write the whole state to ``path`` atomically (see :mod:`memdistill.distill.resume`);
+        ``diverged``: the run diverged after this state (resuming may then change ``outer_lr``)."""
+        return save_state(path, fingerprint, {**self.snapshot(), "history": self.history,
+                                              "best": self.best.state_dict(),
+                                              "diverged": self.done if diverged else None})
 
     def restore(self, path: str | Path, fingerprint: dict[str, Any]) -> None:
         """Continue from the state saved at ``path`` (ValueError if it belongs to another run)."""
-        saved = load_state(path, fingerprint)
-        with torch.no_grad():
-            for tensor, name in ((self.x_syn, "x_syn"), (self.rho, "rho"), (self.logits, "logits")):
-                if tensor is not None:
-                    tensor.copy_(saved[name])
-        self.optimiser.load_state_dict(saved["adam"])
-        for g, state in zip(self.generators, saved["generators"]):
-            g.set_state(state)
-        self.done, self.orders, self.history = saved["done"], saved["orders"], saved["history"]
+        self.load(load_state(path, fingerprint))
 
     def results(self, config: dict[str, Any], seed: int) -> list[DistilledData]:
         """One :class:`DistilledData` per restart (on the CPU); restart r has seed ``seed + r``
         and, with fixed θ0's, ``config["theta0_seeds"]`` its m seeds."""
         y, lrs = self.y_syn(), self.lrs()
-        return [
-            DistilledData(x=self.x_syn[r].detach().cpu().clone(), y=y[r].detach().cpu().clone(),
-                          lrs=lrs[r].detach().cpu().clone(), config=self._config(config, r), seed=seed + r,
-                          history=self.history[r])
-            for r in range(self.restarts)
-        ]
+        return [self._data(r, self.x_syn, y, lrs, self._config(config, r), seed, self.history[r])
+                for r in range(self.restarts)]
+
+    def diverged(self, config: dict[str, Any], seed: int,
+                 last: dict[str, Any]) -> tuple[list[DistilledData], list[DistilledData]]:
+        """After a divergence, go back to ``last`` (the :meth:`snapshot` of the last state whose
+        outer step was finite) and return, per restart, that state and the best one seen (lowest
+        outer loss), marked ``config["diverged"]``, ``config["kept"]`` and ``config["outer_step"]``."""
+        marked, b = {**config, "diverged": True}, self.best
+        y = self.labels.expand(self.restarts, *self.labels.shape) if b.logits is None else \
+            soft_labels_from_logits(b.logits, self.outputs)
+        lrs = nn.functional.softplus(b.rho)
+        best = [self._data(r, b.x_syn, y, lrs, {**self._config(marked, r), "kept": "best", "outer_step": b.step[r],
+                                                "outer_loss": None if math.isinf(b.loss[r]) else b.loss[r]},
+                           seed, self.history[r][:b.step[r] + 1])
+                for r in range(self.restarts)]
+        self.load(last)
+        return self.results({**marked, "kept": "last-finite", "outer_step": self.done}, seed), best
+
+    @staticmethod
+    def _data(r: int, x_syn: Tensor, y: Tensor, lrs: Tensor, config: dict[str, Any], seed: int,
+              history: list[float]) -> DistilledData:
+        """Restart r's rows as a DistilledData on the CPU, seed ``seed + r``."""
+        return DistilledData(x=x_syn[r].detach().cpu().clone(), y=y[r].detach().cpu().clone(),
+                             lrs=lrs[r].detach().cpu().clone(), config=config, seed=seed + r, history=list(history))
 
     def _config(self, config: dict[str, Any], r: int) -> dict[str, Any]:
         if self.theta0_seeds is None:
