@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import memdistill as md
 from memdistill.engine.steps import generic
 from memdistill.engine.steps.generic import GenericStep
 
@@ -13,6 +14,7 @@ def tiny() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
 
 
+@torch.no_grad()  # the engine's sweeps: compiled products serve grad-mode-off calls
 def products(step: GenericStep, theta, x, y, w):
     return (step.loss(theta, x, y), *step.value_and_grad(theta, x, y), *step.reverse(theta, x, y, w)[:3])
 
@@ -70,3 +72,39 @@ def test_failed_compilation_falls_back_to_eager(monkeypatch):
         assert torch.equal(a, b)
     assert not step.compile and "torch.compile failed on loss (RuntimeError: no C++ compiler)" in step.why
     assert step.compile_seconds == 0.0
+
+
+def test_grad_mode_keeps_the_eager_path(backend):
+    model, theta, x, y, w = data()
+    step = GenericStep(model, compile=True)
+    step.value_and_grad(theta, x, y)  # grad mode on: autograd may differentiate through it
+    assert step.compile_seconds == 0.0
+
+
+def test_hypergradient_and_distiller_with_compile(backend):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 2)).double()
+    x_syn, y_syn = torch.randn(3, 4, 1, 10, dtype=torch.float64), torch.randint(0, 2, (3, 4))
+    x, y, lrs = torch.randn(16, 1, 10, dtype=torch.float64), torch.randint(0, 2, (16,)), torch.full((6,), 0.1).double()
+    want = md.hypergradient(model, x_syn, y_syn, lrs, x, y, epochs=2, momentum=0.5, method="autograd")
+    for method in ("checkpoint", "reversible", "autograd"):
+        hg = md.hypergradient(model, x_syn, y_syn, lrs, x, y, epochs=2, momentum=0.5, method=method, compile=True)
+        torch.testing.assert_close(hg.grad_x_syn, want.grad_x_syn, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(hg.grad_lrs, want.grad_lrs, rtol=1e-9, atol=1e-12)
+        assert (hg.stats["compile_seconds"] > 0) == (method == "checkpoint"), method  # compiled once, then reused
+    X, Y = torch.randn(64, 1, 10), torch.arange(64) % 2
+    arch = lambda: nn.Sequential(nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 2))
+    runs = [md.Distiller([arch, arch], steps=2, epochs=1, per_class=1, restarts=2, compile=c, progress=False).fit(
+        X, Y, outer_epochs=1, batch_size=32) for c in (False, True)]
+    for eager, compiled in zip(*runs):
+        torch.testing.assert_close(compiled.x, eager.x, rtol=1e-5, atol=1e-6)
+        assert compiled.config["compile"] and "compile" not in eager.config
+
+
+def test_cli_and_job_files_take_compile(tmp_path):
+    from memdistill.apps import jobfile
+    from memdistill.apps.cli import build_parser
+    assert build_parser().parse_args(["distill", "--compile", "--out", str(tmp_path)]).compile
+    job = tmp_path / "job.toml"
+    job.write_text("[[jobs]]\ncompile = true\n")
+    assert jobfile.read(job).jobs[0].config.compile is True

@@ -277,6 +277,7 @@ def distil(
         soft_labels=config.soft_labels,
         snapshots=config.snapshots,
         memory=config.memory,
+        compile=config.compile,
         dtype=getattr(torch, config.dtype),
         device=device(config.device),
         progress=progress,

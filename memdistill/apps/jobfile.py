@@ -109,6 +109,7 @@ class Settings(_Table):
     outer_steps: Count | None = Field(None, description="exactly this many outer steps instead of `outer_epochs`")
     batch_size: Count = Field(PAPER.batch_size, description="real objects per outer step")
     soft_labels: bool = Field(False, description="also learn soft labels")
+    compile: bool = Field(False, description="`torch.compile` the generic step (ConvNets; pays for long runs only)")
     init: Literal[INITS] = Field("noise", description="synthetic objects start as noise or real ones of their class")
     theta0: Literal[THETA0] = Field("random", description="a fresh random θ0 every outer step, or one per model")
     dtype: Literal[DTYPES] = Field("float32", description="floating-point type of the distillation")

@@ -54,10 +54,11 @@ def shape_groups(models: list[nn.Module]) -> list[list[int]]:
 
 def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                    y_real: Tensor, *, epochs: int, momentum: float = 0.0, method: str = "checkpoint",
-                   snapshots: int | None = None, memory: int | None = None) -> Rows:
+                   snapshots: int | None = None, memory: int | None = None, compile: bool = False) -> Rows:
     """Row i: the hypergradient of ``models[i]`` on x_syn[i], y_syn[i], lrs[i], x_real[i], y_real[i].
 
-    ``memory`` (bytes) budgets each sweep, i.e. the models of one architecture together."""
+    ``memory`` (bytes) budgets each sweep, i.e. the models of one architecture together;
+    ``compile``: the generic step's products through torch.compile (:func:`memdistill.hypergradient`)."""
     loss = x_syn.new_zeros(len(models))
     grad_x, grad_lrs = torch.zeros_like(x_syn), torch.zeros_like(lrs)
     grad_y = torch.zeros_like(y_syn) if y_syn.is_floating_point() else None
@@ -66,13 +67,14 @@ def hypergradients(models: list[nn.Module], x_syn: Tensor, y_syn: Tensor, lrs: T
         if len(rows) == 1 and not is_plain_mlp(models[rows[0]]):
             i = rows[0]
             hg = hypergradient(models[i], x_syn[i], y_syn[i], lrs[i], x_real[i], y_real[i], epochs=epochs,
-                               momentum=momentum, method=method, snapshots=snapshots, memory=memory)
+                               momentum=momentum, method=method, snapshots=snapshots, memory=memory,
+                               compile=compile)
             loss[i], grad_x[i], grad_lrs[i] = hg.loss, hg.grad_x_syn, hg.grad_lrs
             if grad_y is not None:
                 grad_y[i] = hg.grad_y_syn
             continue
         data = Data(x_syn[idx].movedim(0, 1), y_syn[idx].movedim(0, 1), x_real[idx], y_real[idx])
-        step = make_step(models[rows[0]], None, per_model=True)
+        step = make_step(models[rows[0]], None, per_model=True, compile=compile)
         theta0 = stack_rows(step, [models[i] for i in rows])
         _, res = sweep(step, data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
                        momentum, method, snapshots, memory=memory)

@@ -54,6 +54,8 @@ class Distiller:
       snapshots: the engine's stored states for "checkpoint" (None: √n segments).
       memory: the engine's budget for stored states of one sweep (all the models of one
         architecture): bytes or a string such as "512MiB", "2GiB" (see :func:`memdistill.hypergradient`).
+      compile: the generic step's products through ``torch.compile`` (ConvNets and other non-MLP
+        models; compiled in the first outer step, then reused): pays for long runs only.
       dtype: floating dtype of x̃, η̃ and the models (float32, or float64 for exactness).
       device: where to compute.
       progress: show a tqdm bar with the outer loss.
@@ -99,6 +101,7 @@ class Distiller:
         init: str = "noise",
         theta0: str = "random",
         memory: int | str | None = None,
+        compile: bool = False,
     ):
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
@@ -125,6 +128,7 @@ class Distiller:
         self.steps, self.epochs, self.per_class = steps, epochs, per_class
         self.method, self.momentum, self.snapshots = method, float(momentum), snapshots
         self.memory = parse_memory(memory, "Distiller")
+        self.compile = bool(compile)
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
         self.progress, self.init, self.theta0 = progress, init, theta0
@@ -147,6 +151,7 @@ class Distiller:
             "momentum": self.momentum,
             "snapshots": self.snapshots,
             **({} if self.memory is None else {"memory": self.memory}),
+            **({"compile": True} if self.compile else {}),
             "init_lr": self.init_lr,
             "outer_lr": self.outer_lr,
             "soft_labels": self.soft_labels,
@@ -269,7 +274,8 @@ class Distiller:
         try:
             result = hypergradients(models, x_syn.detach()[rows], y_syn.detach()[rows], lrs.detach()[rows],
                                     x_real[rows], y_real[rows], epochs=self.epochs, momentum=self.momentum,
-                                    method=self.method, snapshots=self.snapshots, memory=self.memory)
+                                    method=self.method, snapshots=self.snapshots, memory=self.memory,
+                                    compile=self.compile)
         except (FloatingPointError, OverflowError) as error:
             raise DivergedError(step=step, reason=f"the inner loop diverged ({error})") from None
         if len(mine) != len(pairs):

@@ -49,7 +49,7 @@ CPP_MAX_WIDTH = 32
 
 
 def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
-              per_model: bool = False) -> GenericStep:
+              per_model: bool = False, compile: bool = False) -> GenericStep:
     """The Step for ``model``; ``per_model``: the data carry one batch per model (a leading B axis
     after the step axis, the layout of :func:`sweep` for many models), which the generic step
     must be told (the fused steps read it from the shapes).
@@ -57,6 +57,7 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
     "auto": for a plain ReLU MLP with the default loss the C++ op ("cpp") when memdistill.engine.steps._C
     has a kernel for the model's device and no layer is wider than CPP_MAX_WIDTH, else the
     pure-PyTorch fused step ("fused"); for any other module "generic". "generic", "fused" and "cpp" force one (an error if it cannot run).
+    ``compile``: the generic step's products through ``torch.compile`` (the fused steps ignore it).
     """
     if step not in STEPS:
         raise ValueError(f"hypergradient: unknown step {step!r}; it needs to be one of {list(STEPS)}")
@@ -65,7 +66,7 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
         raise ValueError(f"hypergradient: step={step!r} needs an nn.Sequential(Linear, ReLU, ..., Linear) "
                          "with biases and the default loss_fn; use step='auto' or 'generic'")
     if step == "generic" or not fusable:
-        return GenericStep(model, loss_fn, per_model=per_model)
+        return GenericStep(model, loss_fn, per_model=per_model, compile=compile)
     device = next(model.parameters()).device.type.upper()
     if step == "cpp" and device not in backend_info()["devices"]:
         raise ValueError(f"hypergradient: step='cpp' has no {device} kernel: {backend_info()['reason']}")
@@ -127,11 +128,11 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
 
 def _prepare(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor, y_real: Tensor,
              epochs: int, momentum: float, method: str, snapshots: int | None, memory: int | str | None,
-             loss_fn: LossFn | None, step: str) -> tuple[GenericStep, Data, Tensor, int | None]:
+             loss_fn: LossFn | None, step: str, compile: bool = False) -> tuple[GenericStep, Data, Tensor, int | None]:
     """Checked arguments as (step, data, θ0 [1, P], memory in bytes), before any work."""
     check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method, snapshots)
     budget = parse_memory(memory)
-    the_step = make_step(model, loss_fn, "generic" if method == "autograd" else step)
+    the_step = make_step(model, loss_fn, "generic" if method == "autograd" else step, compile=compile)
     theta0 = the_step.flatten()
     with torch.no_grad():
         out = the_step.forward(theta0[0], x_real)
@@ -168,7 +169,8 @@ def plan(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Te
 def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                   y_real: Tensor, *, epochs: int = 1, momentum: float = 0.0, method: str = "checkpoint",
                   snapshots: int | None = None, loss_fn: LossFn | None = None,
-                  frac_bits: int = 44, step: str = "auto", memory: int | str | None = None) -> Hypergradient:
+                  frac_bits: int = 44, step: str = "auto", memory: int | str | None = None,
+                  compile: bool = False) -> Hypergradient:
     r"""Outer loss after n = s·epochs inner SGD steps on synthetic data, and its exact gradients.
 
     Inner loop from θ_0 = the model's parameters (left unchanged), step k on batch i = k mod s:
@@ -202,6 +204,9 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
         "512MiB", "2GiB", "64MB" (binary KiB/MiB/GiB, decimal KB/MB/GB). With "auto" it picks
         the method (None: half the available memory); with another method a prediction over
         it is a ValueError before any work.
+      compile: run the generic step's products through ``torch.compile`` (compiled once per
+        architecture, shape and dtype, and reused by later calls; tens of seconds per product on
+        a CPU, so it pays for long runs only). Not for method="autograd"; the fused steps ignore it.
 
     Returns:
       :class:`Hypergradient` with ``loss``, ``grad_x_syn``, ``grad_lrs``, ``grad_y_syn`` (None
@@ -209,7 +214,8 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       (the one that ran), "snapshots", "schedule", "step", "steps", "forward_steps",
       "peak_stored_bytes" (measured: what the snapshot pool and bit stack held at most),
       "predicted_peak_bytes", "memory" (the budget in bytes, or None), "plan" (the
-      :class:`~memdistill.engine.planner.Plan`), "seconds").
+      :class:`~memdistill.engine.planner.Plan`), "compile_seconds" (spent in calls that compiled),
+      "seconds").
 
     Examples:
       >>> import torch, memdistill as md
@@ -226,7 +232,7 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       hyperparameter optimization through reversible learning; Griewank & Walther (2000), revolve.
     """
     step, data, theta0, budget = _prepare(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method,
-                                          snapshots, memory, loss_fn, step)
+                                          snapshots, memory, loss_fn, step, compile)
     start = time.perf_counter()
     chosen, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits, budget)
     seconds = time.perf_counter() - start
@@ -239,7 +245,7 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
              "step": step.name, "step_batched": step.batched, "step_path": step.why, "steps": lrs.shape[0],
              "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
              "predicted_peak_bytes": chosen.predicted_peak_bytes, "memory": budget, "plan": chosen,
-             "seconds": seconds}
+             "compile_seconds": getattr(step, "compile_seconds", 0.0), "seconds": seconds}
     return Hypergradient(loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,
                          step.unflatten(result.grad_theta0[0]), stats)
 

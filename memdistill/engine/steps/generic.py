@@ -112,7 +112,9 @@ class GenericStep:
       second_order: "reverse" or "forward", how ``reverse`` forms Hw and the mixed terms
         (module docstring). The loop's "reverse" is plain double-backward autograd.
       per_model: x and y carry one batch per model (a leading B axis) instead of one shared batch.
-      compile: run the vmap-ed products (every B, B = 1 too) through ``torch.compile``
+      compile: run the vmap-ed products (every B, B = 1 too) through ``torch.compile`` where
+        grad mode is off (the engine's sweeps; autograd through the unroll, which needs double
+        backward, keeps the eager path)
         (``dynamic=False``: compiled once per shape and dtype, and shared by every step of the
         same :func:`~memdistill.engine.steps.architecture.architecture`, loss and options). Pays
         off for long runs only: compiling takes tens of seconds per product and shape on a CPU.
@@ -199,7 +201,7 @@ class GenericStep:
 
     def _dispatch(self, product: str, theta: Tensor, *data: Tensor):
         """``product`` of theta and data (x, y[, w]) by the compiled, vmap-ed or looped path."""
-        if self.compile and self.batched:
+        if self.compile and self.batched and not torch.is_grad_enabled():
             return self._compiled(product, theta, *data)
         loop = getattr(self, f"_loop_{product}")
         if theta.shape[0] == 1 or not self.batched:
