@@ -12,14 +12,19 @@ steps on one thread: ``memdistill.engine.steps.fused.SERIAL_WORK``).
   (30 models in one batched sweep, checkpoint, real batch 64 of moons), the Distiller built
   outside the timed call; ``extra_info["projected_s"]`` = 2,400 × the median (3 architectures
   × 800 outer iterations, the 4-layer bounding the other two). Target ≤ 300 s.
+- "one step": value_and_grad then reverse of the paper MLP for B rows of b examples: B = 1,
+  b = 8 (a hypergradient's inner step), B = 1, b = 64 (a lone row with a product BLAS does as
+  matrix-vector, computed as two rows so that its bits equal a batched row's), B = 30, b = 8.
 """
 from __future__ import annotations
 
 import pytest
+import torch
 
 import memdistill as md
 from memdistill.apps.profiling import mlp_problem
 from memdistill.distill.distiller import Distiller
+from memdistill.engine.steps.fused import FusedMLPStep
 from memdistill.models import mlp
 
 MOONS = md.load_dataset("moons")
@@ -46,3 +51,18 @@ def test_section_5_2_four_layer(benchmark):
                        setup=setup, rounds=3, iterations=1, warmup_rounds=1)
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["projected_s"] = 2400 * benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("B, b", [(1, 8), (1, 64), (30, 8)])
+def test_one_step(benchmark, B, b):
+    benchmark.group = "paper MLP: one fused step, value_and_grad + reverse (default threads)"
+    g = torch.Generator().manual_seed(0)
+    step = FusedMLPStep(mlp("4-layer")())
+    theta = step.flatten() + 0.1 * torch.randn(B, step.flatten().shape[1], generator=g)
+    w, x, y = torch.randn(theta.shape, generator=g), torch.randn(B, b, 2, generator=g), torch.randint(0, 2, (B, b), generator=g)
+
+    def both():
+        step.value_and_grad(theta, x, y)
+        step.reverse(theta, x, y, w)
+
+    benchmark.pedantic(both, rounds=200, iterations=5, warmup_rounds=10)

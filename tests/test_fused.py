@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import MODELS, make_problem, mlp, rel
-from torch import nn
+from torch import Tensor, nn
 
 import memdistill as md
 from memdistill.engine.steps.extension import extension_available
@@ -153,3 +153,69 @@ def test_small_steps_run_on_one_thread_and_restore_the_count():
         torch.set_num_threads(threads)
     for a, b in zip(got[:3], generic.reverse(theta, x, y, w)[:3]):
         assert rel(a, b) <= 1e-12
+
+
+def rows_problem(sizes: list[int], b: int, dtype: torch.dtype, labels: str, per_model: bool, B: int = 7):
+    """θ, w [B, P] and a batch (shared [b, in] or [B, b, in]) for mlp(sizes) in ``dtype``."""
+    g = torch.Generator().manual_seed(sum(sizes) + b)
+    torch.manual_seed(0)
+    step = FusedMLPStep(mlp(sizes).to(dtype))
+    theta = step.flatten() + 0.5 * torch.randn(B, step.flatten().shape[1], generator=g, dtype=dtype)
+    w = torch.randn(theta.shape, generator=g, dtype=dtype)
+    lead = (B, b) if per_model else (b,)
+    x = 2 * torch.randn(*lead, sizes[0], generator=g, dtype=dtype)
+    if labels == "int":
+        y = torch.randint(0, max(sizes[-1], 2), lead, generator=g)
+    elif sizes[-1] == 1:
+        y = torch.rand(lead, generator=g, dtype=dtype)
+    else:
+        y = torch.rand(*lead, sizes[-1], generator=g, dtype=dtype).softmax(-1)
+    return step, theta, w, x, y
+
+
+def row_products(step: FusedMLPStep, theta, w, x, y, rows: slice, per_model: bool) -> list[list[Tensor]]:
+    """For each row of θ[rows] computed in one call: [loss, grad, g, Hw] and, with one batch per
+    model, (∂g/∂x)ᵀw and (∂g/∂y)ᵀw (a shared batch's are sums over the rows)."""
+    x, y = (x[rows], y[rows]) if per_model else (x, y)
+    loss, grad = step.value_and_grad(theta[rows], x, y)
+    g, hw, dx, dy = step.reverse(theta[rows], x, y, w[rows])
+    out = [loss, grad, g, hw] + ([dx] + ([] if dy is None else [dy]) if per_model else [])
+    return [[t[j] for t in out] for j in range(len(loss))]
+
+
+ROW_SHAPES = [([2, 10, 10, 10, 1], 8), ([2, 10, 10, 10, 1], 64), ([2, 10, 1], 4), ([2, 1], 64), ([40, 1], 10),
+              ([1, 24, 3], 40), ([1, 20, 20, 1], 1), ([2, 7, 3], 5)]
+
+
+def assert_rows_equal_rows_alone(problem: tuple, per_model: bool) -> None:
+    """Row j of θ[start:start + B] has the bits of row j computed alone, for B = 2, 3, 6, 7."""
+    alone = [row_products(*problem, slice(j, j + 1), per_model)[0] for j in range(7)]
+    for start, B in [(0, 2), (5, 2), (1, 3), (0, 6), (1, 6), (0, 7)]:
+        for j, got in enumerate(row_products(*problem, slice(start, start + B), per_model), start):
+            for name, a, ref in zip(["loss", "grad", "g", "Hw", "dx", "dy"], got, alone[j]):
+                assert torch.equal(a, ref), f"row {j} of B = {B} (from {start}): {name} differs from the row alone"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("labels", ["int", "soft"])
+@pytest.mark.parametrize("per_model", [False, True], ids=["shared", "per-model"])
+@pytest.mark.parametrize("sizes, b", ROW_SHAPES, ids=[f"{'-'.join(map(str, s))},b={b}" for s, b in ROW_SHAPES])
+def test_each_row_equals_the_row_computed_alone(sizes, b, dtype, labels, per_model):
+    """Batched restarts equal separate runs: each product of a B-row step, row by row, has the
+    bits of that row computed alone (B = 1) and among other rows; the shapes reach torch's
+    vectorised-loop tails, its matrix-vector paths (a width, input or batch of 1) and MKL sizes."""
+    assert_rows_equal_rows_alone(rows_problem(sizes, b, dtype, labels, per_model), per_model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_rows_do_not_depend_on_the_thread_switch(dtype):
+    """B·b·widest crosses SERIAL_WORK between B = 1 and B = 6: rows alone run on one thread,
+    six or seven rows on two (a parallel elementwise loop splits at other positions)."""
+    step, theta, w, x, y = problem = rows_problem([2, 10, 10, 10, 1], 128, dtype, "soft", per_model=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert step._serial(theta[:1], x[0]) and not step._serial(theta[:6], x[0])
+        assert_rows_equal_rows_alone(problem, per_model=True)
+    finally:
+        torch.set_num_threads(threads)

@@ -26,6 +26,16 @@ h Wᵀ takes 22 µs), a contraction of length one is a broadcast product, masks 
 whose widest matmul is smaller than ``SERIAL_WORK`` runs on one thread: some of torch's CPU
 kernels (small batched matmuls, log-sigmoid) open a parallel region whatever the size, and
 waking a second thread costs more than the kernel (on a loaded 2-core machine, milliseconds).
+
+Rows: row j of every product has the same bits whatever B and whichever rows share the call
+(batched restarts equal separate runs; tests/test_fused.py), so no op may round an element
+by its place in the batch or by B. Hence σ(z) = 1/(1 + exp(−z)), not torch.sigmoid, whose
+vectorised loop computes its tail with another formula than its body (≈1 ulp apart); a
+shared x is expanded to one batch per row for bmm, not stacked into one [B·r, k] GEMM; a
+contraction of length one is a broadcast product (torch.addcmul rounds c + a·b once however
+it loops); and a lone row (B = 1) with a width, input or batch of 1 in a product that BLAS
+does (``BMM_LOOP_BELOW``) is computed as two equal rows (``_lone``): bmm hands B = 1 to gemm,
+which takes a matrix-vector path for a single row or column, and B > 1 to gemm_batch.
 """
 from __future__ import annotations
 
@@ -41,6 +51,9 @@ __all__ = ["FusedMLPStep", "SERIAL_WORK", "is_plain_mlp", "mlp_layers"]
 
 # Multiply-adds (B · b · out · in) of the widest layer below which the step runs on one thread.
 SERIAL_WORK = 1 << 16
+# r·k·n below which torch's CPU bmm multiplies each [r, k]·[k, n] in its own loop, the same for
+# every B (aten's bmm_out_or_baddbmm_); from it on, BLAS (see "Rows" above).
+BMM_LOOP_BELOW = 400
 
 T = TypeVar("T")
 
@@ -65,22 +78,22 @@ def mlp_layers(model: nn.Sequential) -> list[tuple[int, int]]:
 
 class _Forward(NamedTuple):
     h: list[Tensor]       # h_0 … h_{L−1}: inputs of each layer, [B, in_l, b] (h_0 = xᵀ, maybe a view)
-    rows: list[Tensor]    # the same as [B, b, in_l] (x itself for l = 0, shared [b, in] or [B, b, in])
+    rows: list[Tensor]    # the same as [B, b, in_l] (x itself for l = 0, a shared [b, in] expanded)
     masks: list[Tensor]   # m_1 … m_{L−1}: [z_l > 0] as 0/1 floats, [B, out_l, b]
     logits: Tensor        # z_L [B, C, b]
 
 
-def _mm(a: Tensor, b: Tensor) -> Tensor:
-    """a [B, r, k] · b [B, k, c] or [k, c]; with k = 1 a broadcast product (the same bits, one
-    cheap kernel), with a shared b one matmul over the stacked rows of a."""
+def _mm(a: Tensor, b: Tensor, c: Tensor | None = None) -> Tensor:
+    """a · b (+ c) for a [B, r, k], b [B, k, n], c broadcasting to [B, r, n]; k = 1 a broadcast product."""
     if a.shape[-1] == 1:
-        return a * b
-    return torch.bmm(a, b) if b.dim() == 3 else torch.matmul(a, b)
+        return a * b if c is None else torch.addcmul(c, a, b)
+    return torch.bmm(a, b) if c is None else torch.baddbmm(c, a, b)
 
 
-def _mm_add(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """c + a · b for a [B, r, k], b [B, k, c] (k = 1: a broadcast product)."""
-    return torch.addcmul(c, a, b) if a.shape[-1] == 1 else torch.baddbmm(c, a, b)
+def _two(theta: Tensor, x: Tensor, y: Tensor, *w: Tensor) -> tuple[Tensor, ...]:
+    """The one row of θ [1, P] (and w) twice, with its batch, shared or its own, as one per row."""
+    item = slice(0 if x.dim() == 2 else 1, None)      # the batch's shape without a row axis
+    return theta.expand(2, -1), x.expand(2, *x.shape[item]), y.expand(2, *y.shape[item]), *(t.expand(2, -1) for t in w)
 
 
 def _one_thread(fn: Callable[..., T], *args) -> T:
@@ -109,6 +122,7 @@ class FusedMLPStep(GenericStep):
             start += o * i + o
         self.offsets = offsets
         self.widest = max(o * i for o, i in self.layers)
+        self.thin = max([o * i for o, i in self.layers if 1 in (o, i)], default=0)   # widest of width or input 1
         self.why = f"{self.name}: analytic, the B models in batched matmuls"
 
     def params(self, theta: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -123,17 +137,23 @@ class FusedMLPStep(GenericStep):
         return (theta.device.type == "cpu" and torch.get_num_threads() > 1
                 and theta.shape[0] * x.shape[-2] * self.widest < SERIAL_WORK)
 
+    def _lone(self, theta: Tensor, x: Tensor) -> bool:
+        """Whether this call is one row with a [1, k]·[k, n] or [r, k]·[k, 1] product done by BLAS (see "Rows")."""
+        b = x.shape[-2]
+        return theta.shape[0] == 1 and (self.widest if b == 1 else self.thin) * b >= BMM_LOOP_BELOW
+
     def _forward(self, params: list[tuple[Tensor, Tensor]], x: Tensor) -> _Forward:
         B = params[0][0].shape[0]
-        h = x.mT if x.dim() == 3 else x.t().expand(B, *x.shape[::-1])
-        hs, rows, masks = [h], [x], []
+        rows = [x if x.dim() == 3 else x.expand(B, *x.shape)]
+        h = rows[0].mT
+        hs, masks = [h], []
         for W, b in params[:-1]:
-            h = torch.baddbmm(b, W, h).relu_()
+            h = _mm(W, h, b).relu_()
             hs.append(h)
             rows.append(h.mT)
             masks.append(h.sign())
         W, b = params[-1]
-        return _Forward(hs, rows, masks, torch.baddbmm(b, W, h))
+        return _Forward(hs, rows, masks, _mm(W, h, b))
 
     @staticmethod
     def _targets(z: Tensor, y: Tensor) -> Tensor:
@@ -152,7 +172,7 @@ class FusedMLPStep(GenericStep):
         """
         b = z.shape[-1]
         if z.shape[1] == 1:
-            p = torch.sigmoid(z)
+            p = torch.exp(-z).add_(1).reciprocal_()    # not torch.sigmoid: see "Rows"
             return (p - t).div_(b), p
         p = z.softmax(1)
         return ((p * t.sum(-2, keepdim=True) if soft else p) - t).div_(b), p
@@ -176,16 +196,25 @@ class FusedMLPStep(GenericStep):
 
     def loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """[l(x, θ_j)]_j [B] computed with the batched forward (differentiable)."""
+        if self._lone(theta, x):
+            return self.loss(*_two(theta, x, y))[:1]
         z = self._forward(self.params(theta), x).logits
         return self._loss(z, self._targets(z, y))
 
     def value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self._lone(theta, x):
+            loss, grad = self.value_and_grad(*_two(theta, x, y))
+            return loss[:1], grad[:1]
         if self._serial(theta, x):
             return _one_thread(self._value_and_grad, theta, x, y)
         return self._value_and_grad(theta, x, y)
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw); see the module docstring for the equations."""
+        if self._lone(theta, x):
+            g, hw, dx, dy = self.reverse(*_two(theta, x, y, w))
+            first = slice(0, 1) if x.dim() == 3 else 0      # a shared batch's terms: row 0's alone
+            return g[:1], hw[:1], dx[first], None if dy is None else dy[first]
         if self._serial(theta, x):
             return _one_thread(self._reverse, theta, x, y, w)
         return self._reverse(theta, x, y, w)
@@ -203,9 +232,9 @@ class FusedMLPStep(GenericStep):
         # Tangents ż_l along w (ḣ_0 = 0 since x does not move).
         hdots, zdot = [None], None
         for l, ((W, _), (Wd, bd)) in enumerate(zip(params, dirs)):
-            zdot = torch.baddbmm(bd, Wd, fwd.h[l])
+            zdot = _mm(Wd, fwd.h[l], bd)
             if l:
-                zdot = zdot.baddbmm_(W, hdots[l])
+                zdot = _mm(W, hdots[l], zdot)
             if l < len(params) - 1:
                 hdots.append(zdot * fwd.masks[l])
         t = self._targets(fwd.logits, y)
@@ -226,10 +255,10 @@ class FusedMLPStep(GenericStep):
         grads, hvp = [], []
         for l in reversed(range(len(params))):
             W, Wd = params[l][0].mT, dirs[l][0].mT
-            hW = _mm(a, fwd.rows[l]) if hdots[l] is None else _mm_add(_mm(a, fwd.rows[l]), delta, hdots[l].mT)
+            hW = _mm(a, fwd.rows[l]) if hdots[l] is None else _mm(delta, hdots[l].mT, _mm(a, fwd.rows[l]))
             grads += [delta.sum(2), _mm(delta, fwd.rows[l]).flatten(1)]
             hvp += [a.sum(2), hW.flatten(1)]
-            a = _mm_add(_mm(W, a), Wd, delta)
+            a = _mm(Wd, delta, _mm(W, a))
             if l:
                 a = a.mul_(fwd.masks[l - 1])
                 delta = _mm(W, delta).mul_(fwd.masks[l - 1])
