@@ -1,6 +1,8 @@
 """Shared problem factory and model table for the engine tests."""
 from __future__ import annotations
 
+import errno
+import os
 from typing import NamedTuple
 
 import pytest
@@ -109,3 +111,20 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 def device(request) -> str:
     """Every device a test should pass on: the CPU, and CUDA where there is one."""
     return request.param
+
+
+class DiskFull:
+    """A file object that writes half of what it is given, then fails: no space left on the device."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, data):
+        self.file.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 import pytest
 import torch
+from conftest import DiskFull
 
 import memdistill.atomic as atomic
 from memdistill.apps import cli
@@ -220,21 +221,7 @@ def half_full_disk(monkeypatch):
     """Every atomic write writes half its bytes, then fails: no space left on the device."""
     fdopen = atomic.os.fdopen
 
-    class Full:
-        def __init__(self, file):
-            self.file = file
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-        def write(self, data):
-            self.file.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(atomic.os, "fdopen", lambda handle, *args: Full(fdopen(handle, *args)))
+    monkeypatch.setattr(atomic.os, "fdopen", lambda handle, *args: DiskFull(fdopen(handle, *args)))
 
 
 def test_a_write_that_fails_halfway_leaves_the_previous_file_and_says_so(tmp_path, monkeypatch):

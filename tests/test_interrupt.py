@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import DiskFull
 
 from memdistill.apps import jobfile
 from memdistill.apps.batch import CHECKPOINT_FILE, DATA_FILE, KEPT_FILES, run_batch
@@ -300,8 +301,6 @@ def test_a_diverged_batch_job_keeps_its_states_and_resumes_with_a_lower_rate(tmp
 
 
 def test_a_write_that_fails_halfway_leaves_the_previous_result_and_resume_writes_it(tmp_path, capsys, monkeypatch):
-    import errno
-
     import memdistill.atomic as atomic
 
     main([*DISTILL, "--outer-steps", "6", "--seed", "1", "--out", str(tmp_path)])  # the previous result
@@ -314,22 +313,8 @@ def test_a_write_that_fails_halfway_leaves_the_previous_result_and_resume_writes
             failing.add(handle)
         return handle, name
 
-    class Full:  # writes half of the bytes, then the disk is full
-        def __init__(self, file):
-            self.file = file
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-        def write(self, data):
-            self.file.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
     monkeypatch.setattr(atomic.tempfile, "mkstemp", tracked)
-    monkeypatch.setattr(atomic.os, "fdopen", lambda h, *a: Full(fdopen(h, *a)) if h in failing else fdopen(h, *a))
+    monkeypatch.setattr(atomic.os, "fdopen", lambda h, *a: DiskFull(fdopen(h, *a)) if h in failing else fdopen(h, *a))
     with pytest.raises(SystemExit) as exit_:
         main([*DISTILL, "--outer-steps", "6", "--out", str(tmp_path)])
     err = capsys.readouterr().err
