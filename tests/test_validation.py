@@ -66,3 +66,14 @@ def test_dropout_in_eval_mode_is_fine():
 def test_divergence_is_an_error_not_a_nan():
     with pytest.raises(FloatingPointError, match="the inner loop diverged; lower lrs"):
         call(lrs=lambda t: t * 1e300, x_syn=lambda t: t * 1e3)
+
+
+@pytest.mark.parametrize("name", ["y_syn", "y_real"])
+def test_float_targets_without_a_class_axis_need_one_output(name):
+    """Float [N] targets against C = 3 outputs would broadcast into the soft-label loss (N = 1 or
+    N = C silently): they are refused."""
+    p = make_problem("mlp-3class", s=3, epochs=1)
+    args = dict(x_syn=p.x_syn, y_syn=p.y_syn, lrs=p.lrs, x_real=p.x_real, y_real=p.y_real)
+    args[name] = args[name][..., 0] if args[name].is_floating_point() else args[name].to(p.x_syn.dtype)
+    with pytest.raises(ValueError, match=f"hypergradient: {name} holds float targets without a class axis"):
+        md.hypergradient(p.model, *args.values(), epochs=1)

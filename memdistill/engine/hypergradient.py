@@ -1,7 +1,13 @@
 """``hypergradient``: the public entry point of the engine (Algorithms 2 and 3 of PAPER.md)."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +28,11 @@ from memdistill.engine.planner import (
     predict,
     schedule_of,
 )
+from memdistill.engine.pool import FilePool, HostPool
 from memdistill.engine.steps.extension import ExtensionMLPStep, backend_info
 from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp, mlp_layers
 from memdistill.engine.steps.generic import GenericStep, LossFn
-from memdistill.engine.validation import check_inputs, check_labels
+from memdistill.engine.validation import check_inputs, check_labels, check_offload
 
 __all__ = ["Hypergradient", "hypergradient", "make_step", "plan", "plan_sweep", "sweep", "unrolled_loss"]
 
@@ -77,11 +84,13 @@ def make_step(model: nn.Module, loss_fn: LossFn | None, step: str = "auto", *,
 
 
 def plan_sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
-               method: str = "checkpoint", snapshots: int | None = None, memory: int | None = None) -> Plan:
+               method: str = "checkpoint", snapshots: int | None = None, memory: int | None = None,
+               offload: str | None = None) -> Plan:
     """The :class:`~memdistill.engine.planner.Plan` of :func:`sweep` (same arguments; ``memory`` in bytes).
 
     "auto" chooses (:func:`~memdistill.engine.planner.choose`; memory None: half the available
-    memory); another method is predicted and, with ``memory``, checked against it (ValueError).
+    memory, of the host with offload="cpu"); another method is predicted and, with ``memory``,
+    checked against it (ValueError). With ``offload`` the budget bounds the memory level.
     """
     sizes = Sizes(lrs.shape[0], theta0.shape[0], theta0.shape[1], theta0.element_size(), momentum)
 
@@ -89,30 +98,59 @@ def plan_sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momen
         return autograd_saved_bytes(step, data, lrs, theta0, momentum, n)
 
     if method == "auto":
-        budget = memory if memory is not None else default_budget(theta0.device)
-        return choose(sizes, budget, autograd_bytes if step.name == "generic" else None)
-    plan = predict(method, sizes, snapshots, autograd_bytes, memory, f"method={method!r} was asked for")
+        budget = memory if memory is not None else default_budget(
+            torch.device("cpu") if offload == "cpu" else theta0.device)
+        return choose(sizes, budget, autograd_bytes if step.name == "generic" else None, offload)
+    plan = predict(method, sizes, snapshots, autograd_bytes, memory, f"method={method!r} was asked for", offload)
     if memory is not None and plan.predicted_peak_bytes > memory:
         raise ValueError(f"hypergradient: method={method!r} stores {format_bytes(plan.predicted_peak_bytes)} "
                          f"for n={sizes.n}, over memory={format_bytes(memory)}; raise memory or pass method='auto'")
     return plan
 
 
+@contextlib.contextmanager
+def storage_levels(plan: Plan, offload_dir: str | None = None) -> Iterator[tuple]:
+    """The pool factories of the levels above memory that ``plan`` stores on (for
+    :func:`~memdistill.engine.loop.run`). "disk": checks the free space of ``offload_dir``
+    (None: the temporary directory) against ``plan.levels`` before any work (OSError), makes a
+    fresh directory in it for the files and removes it on the way out, failure included."""
+    if plan.offload == "cpu":
+        yield (HostPool,)
+        return
+    if plan.offload != "disk":
+        yield ()
+        return
+    where = str(offload_dir) if offload_dir is not None else tempfile.gettempdir()
+    try:
+        directory = tempfile.TemporaryDirectory(prefix="memdistill-offload-", dir=where)
+    except OSError as e:
+        raise type(e)(e.errno, f"hypergradient: offload_dir={where!r} is not writable: {e.strerror}") from e
+    with directory as path:
+        need, free = dict(plan.levels)["disk"], shutil.disk_usage(path).free
+        if need > free:
+            raise OSError(errno.ENOSPC, f"hypergradient: offload='disk' needs {format_bytes(need)} for "
+                          f"{plan.steps} steps in offload_dir={where!r}, but only {format_bytes(free)} is free; "
+                          "pass another offload_dir or more memory (fewer snapshots go to disk)")
+        yield (functools.partial(FilePool, directory=path),)
+
+
 def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
           method: str = "checkpoint", snapshots: int | None = None, frac_bits: int = 44,
-          memory: int | None = None) -> tuple[Plan, Sweep]:
+          memory: int | None = None, offload: str | None = None,
+          offload_dir: str | None = None) -> tuple[Plan, Sweep]:
     """One forward and reverse sweep for B models at once, without argument checks.
 
     θ0 [B, P]. The data are shared by the B models (the layout of :func:`hypergradient`) or one
     batch per model (the generic step built with ``per_model=True``; the fused step sees it from
     the shapes): x_syn [s, B, b, *in], y_syn [s, B, b(, C)], x_real [B, N, *in], y_real
     [B, N(, C)]; lrs [n] shared or [n, B, 1] one rate per model. ``method`` may be "auto" and
-    ``memory`` a budget in bytes (:func:`plan_sweep`). Returns (the :class:`~memdistill.engine.planner.Plan`
+    ``memory`` a budget in bytes (:func:`plan_sweep`); ``offload`` None, "cpu" or "disk" (files
+    in a fresh directory under ``offload_dir``, removed at the end: :func:`storage_levels`). Returns (the :class:`~memdistill.engine.planner.Plan`
     it ran, :class:`~memdistill.engine.loop.Sweep`) whose gradients have the shapes of the
     inputs (of the summed losses) and whose loss holds the B models' outer losses [B].
     """
     n, s = lrs.shape[0], data.x_syn.shape[0]
-    chosen = plan_sweep(step, data, lrs, theta0, momentum, method, snapshots, memory)
+    chosen = plan_sweep(step, data, lrs, theta0, momentum, method, snapshots, memory, offload)
     if chosen.method == "autograd":
         return chosen, autograd_unroll(step, data, lrs, theta0, momentum)
 
@@ -121,16 +159,18 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
 
     dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
                 else SGD(gradient, lrs, momentum))
-    _, actions = schedule_of(chosen.method, n, chosen.snapshots)
-    with torch.no_grad():
-        return chosen, run(actions, dynamics, step, data, lrs, theta0)
+    _, actions = schedule_of(chosen.method, n, chosen.snapshots, chosen.offload)
+    with storage_levels(chosen, offload_dir) as levels, torch.no_grad():
+        return chosen, run(actions, dynamics, step, data, lrs, theta0, levels)
 
 
 def _prepare(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor, y_real: Tensor,
              epochs: int, momentum: float, method: str, snapshots: int | None, memory: int | str | None,
-             loss_fn: LossFn | None, step: str, compile: bool = False) -> tuple[GenericStep, Data, Tensor, int | None]:
+             loss_fn: LossFn | None, step: str, compile: bool = False, offload: str | None = None,
+             offload_dir: object = None) -> tuple[GenericStep, Data, Tensor, int | None]:
     """Checked arguments as (step, data, θ0 [1, P], memory in bytes), before any work."""
     check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method, snapshots)
+    check_offload(offload, offload_dir, method)
     budget = parse_memory(memory)
     the_step = make_step(model, loss_fn, "generic" if method == "autograd" else step, compile=compile)
     theta0 = the_step.flatten()
@@ -143,12 +183,13 @@ def _prepare(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real
 
 def plan(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor, y_real: Tensor, *,
          epochs: int = 1, momentum: float = 0.0, method: str = "auto", snapshots: int | None = None,
-         memory: int | str | None = None, loss_fn: LossFn | None = None, step: str = "auto") -> Plan:
+         memory: int | str | None = None, loss_fn: LossFn | None = None, step: str = "auto",
+         offload: str | None = None, offload_dir: str | None = None) -> Plan:
     """What :func:`hypergradient` with these arguments would do, without running the unroll.
 
     Takes the arguments of :func:`hypergradient` (``method`` defaults to "auto" here) and returns
     its :class:`~memdistill.engine.planner.Plan`: method, snapshots, schedule, predicted peak
-    stored bytes, forward steps and why. Only autograd's prediction computes anything: one and
+    stored bytes, forward steps, why, and with ``offload`` the storage levels and their bytes. Only autograd's prediction computes anything: one and
     two unrolled steps with graphs, on the real shapes (see :mod:`memdistill.engine.planner`).
 
     Examples:
@@ -162,15 +203,16 @@ def plan(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Te
       ('checkpoint', 21, 1008)
     """
     the_step, data, theta0, budget = _prepare(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method,
-                                              snapshots, memory, loss_fn, step)
-    return plan_sweep(the_step, data, lrs.detach(), theta0, float(momentum), method, snapshots, budget)
+                                              snapshots, memory, loss_fn, step, False, offload, offload_dir)
+    return plan_sweep(the_step, data, lrs.detach(), theta0, float(momentum), method, snapshots, budget, offload)
 
 
 def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor,
                   y_real: Tensor, *, epochs: int = 1, momentum: float = 0.0, method: str = "checkpoint",
                   snapshots: int | None = None, loss_fn: LossFn | None = None,
                   frac_bits: int = 44, step: str = "auto", memory: int | str | None = None,
-                  compile: bool = False) -> Hypergradient:
+                  compile: bool = False, offload: str | None = None,
+                  offload_dir: str | None = None) -> Hypergradient:
     r"""Outer loss after n = s·epochs inner SGD steps on synthetic data, and its exact gradients.
 
     Inner loop from θ_0 = the model's parameters (left unchanged), step k on batch i = k mod s:
@@ -207,6 +249,13 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       compile: run the generic step's products through ``torch.compile`` (compiled once per
         architecture, shape and dtype, and reused by later calls; tens of seconds per product on
         a CPU, so it pays for long runs only). Not for method="autograd"; the fused steps ignore it.
+      offload: where snapshots live beyond memory (replay, checkpoint and auto): None; "cpu"
+        host memory (pinned, copied on a side stream while the forward sweep goes on, for a
+        model on a GPU); "disk" a two-level schedule, c snapshots in memory and the segment
+        starts in a memory-mapped file (:mod:`memdistill.engine.planner`). Same bits as without.
+      offload_dir: the directory of offload="disk"'s files (None: the temporary directory); a
+        fresh subdirectory, removed at the end, failure included. Too little free space for
+        the planned bytes, or an unwritable directory, is an OSError before any work.
 
     Returns:
       :class:`Hypergradient` with ``loss``, ``grad_x_syn``, ``grad_lrs``, ``grad_y_syn`` (None
@@ -215,7 +264,8 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       "peak_stored_bytes" (measured: what the snapshot pool and bit stack held at most),
       "predicted_peak_bytes", "memory" (the budget in bytes, or None), "plan" (the
       :class:`~memdistill.engine.planner.Plan`), "compile_seconds" (spent in calls that compiled),
-      "seconds").
+      "offload", "levels" ({level: measured peak bytes}: with offload="disk" peak_stored_bytes is
+      the memory level's), "seconds").
 
     Examples:
       >>> import torch, memdistill as md
@@ -232,9 +282,10 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
       hyperparameter optimization through reversible learning; Griewank & Walther (2000), revolve.
     """
     step, data, theta0, budget = _prepare(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, method,
-                                          snapshots, memory, loss_fn, step, compile)
+                                          snapshots, memory, loss_fn, step, compile, offload, offload_dir)
     start = time.perf_counter()
-    chosen, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits, budget)
+    chosen, result = sweep(step, data, lrs.detach(), theta0, float(momentum), method, snapshots, frac_bits, budget,
+                           offload, offload_dir)
     seconds = time.perf_counter() - start
     loss = result.loss.sum()
     if not bool(torch.isfinite(loss)):
@@ -243,7 +294,10 @@ def hypergradient(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x
             "loop diverged; lower lrs (or the scale of x_syn)")
     stats = {"method": chosen.method, "snapshots": chosen.snapshots, "schedule": chosen.schedule,
              "step": step.name, "step_batched": step.batched, "step_path": step.why, "steps": lrs.shape[0],
-             "forward_steps": result.forward_steps, "peak_stored_bytes": result.peak_stored_bytes,
+             "forward_steps": result.forward_steps,
+             "peak_stored_bytes": result.level_peak_bytes[0] if chosen.offload == "disk" else result.peak_stored_bytes,
+             "offload": chosen.offload,
+             "levels": dict(zip([name for name, _ in chosen.levels], result.level_peak_bytes)),
              "predicted_peak_bytes": chosen.predicted_peak_bytes, "memory": budget, "plan": chosen,
              "compile_seconds": getattr(step, "compile_seconds", 0.0), "seconds": seconds}
     return Hypergradient(loss, result.grad_x_syn, result.grad_lrs, result.grad_y_syn,

@@ -7,6 +7,7 @@ one inner step (:mod:`memdistill.engine.steps.generic`); none of them knows the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 import torch
@@ -14,10 +15,12 @@ from torch import Tensor
 
 from memdistill.engine.dynamics import Adjoint, State, reverse_step
 from memdistill.engine.pool import Pool
-from memdistill.engine.schedules import Action, Op, max_stored
+from memdistill.engine.schedules import Action, Op, level_slots
 from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["Data", "Dynamics", "Sweep", "run"]
+
+PoolFactory = Callable[[NamedTuple, int], Pool]   # (template state, slots) -> a pool
 
 
 class Data(NamedTuple):
@@ -44,27 +47,47 @@ class Sweep(NamedTuple):
     grad_x_syn: Tensor       # [s, b, *in]
     grad_y_syn: Tensor | None
     forward_steps: int
-    peak_stored_bytes: int
+    peak_stored_bytes: int   # most bytes held at one time, all levels together
+    level_peak_bytes: tuple[int, ...] = ()   # most bytes held on each storage level (level 0 with the dynamics')
 
 
-def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data,
-        lrs: Tensor, theta0: Tensor) -> Sweep:
+def run(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: Data,
+        lrs: Tensor, theta0: Tensor, levels: Sequence[PoolFactory] = ()) -> Sweep:
     """Execute ``actions`` for n = len(lrs) inner steps from θ0 [B, P].
 
-    Stored states live in a :class:`~memdistill.engine.pool.Pool` of as many slots as the
-    schedule ever holds, allocated here once. The one long function of the package; each
-    action is a few lines.
+    Stored states live in pools, one per storage level, of as many slots as the schedule ever
+    holds there, allocated here once: level 0 a :class:`~memdistill.engine.pool.Pool`, level
+    i ≥ 1 ``levels[i - 1](state, slots)``. The pools are closed on the way out, failure
+    included. The one long function of the package; each action is a few lines.
     """
     n, s = lrs.shape[0], data.x_syn.shape[0]
     state = dynamics.start(theta0)
-    stored = Pool(state, max_stored(actions))
+    stored: list[Pool] = []
+    slots = level_slots(actions)
+    if len(slots) > 1 + len(levels):
+        raise ValueError(f"run: the schedule stores on level {len(slots) - 1} but only levels 0..{len(levels)} have pools")
+    try:
+        for level, make in enumerate([Pool, *levels]):
+            stored.append(make(state, slots[level] if level < len(slots) else 0))
+        return _execute(actions, dynamics, step, data, lrs, state, stored, n, s)
+    finally:
+        for pool in stored:
+            pool.close()
+
+
+_GROWS = (Op.STORE, Op.ADVANCE, Op.RETREAT)   # the only actions after which more can be held
+
+
+def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: Data, lrs: Tensor,
+             state: NamedTuple, stored: list[Pool], n: int, s: int) -> Sweep:
     peak = forward = 0
+    peaks = [0] * len(stored)
     adj: Adjoint | None = None
     loss: Tensor | None = None
     grad_lrs = torch.zeros_like(lrs)
     grad_x = torch.zeros_like(data.x_syn)
     grad_y = torch.zeros_like(data.y_syn) if data.y_syn.is_floating_point() else None
-    for op, k in actions:
+    for op, k, level in actions:
         if op is Op.ADVANCE:
             state = dynamics.advance(state, k)
             forward += 1
@@ -72,11 +95,11 @@ def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data
             state = dynamics.retreat(state, k)
             forward += 1
         elif op is Op.STORE:
-            stored.store(k, state)
+            stored[level].store(k, state)
         elif op is Op.RESTORE:
-            state = stored.restore(k)
+            state = stored[level].restore(k)
         elif op is Op.FREE:
-            stored.free(k)
+            stored[level].free(k)
         elif k == n:  # REVERSE of the outer loss: seed the adjoint with ∂L/∂θ_n
             floats = dynamics.floats(state)
             loss, dtheta = step.value_and_grad(floats.theta, data.x_real, data.y_real)
@@ -89,5 +112,9 @@ def run(actions: list[Action], dynamics: Dynamics, step: GenericStep, data: Data
             grad_x[i] += grads.x
             if grad_y is not None:
                 grad_y[i] += grads.y
-        peak = max(peak, stored.nbytes() + dynamics.held_bytes())
-    return Sweep(loss, adj.theta, grad_lrs, grad_x, grad_y, forward, peak)
+        if op in _GROWS:
+            held = [pool.nbytes() for pool in stored]
+            held[0] += dynamics.held_bytes()
+            peaks = [max(a, b) for a, b in zip(peaks, held)]
+            peak = max(peak, sum(held))
+    return Sweep(loss, adj.theta, grad_lrs, grad_x, grad_y, forward, peak, tuple(peaks))

@@ -19,9 +19,23 @@ Reversible also wins over a binomial schedule that would recompute more than it 
 ``REVERSIBLE_STEP_COST`` · 2n forward steps. ``memory=None`` budgets half of the memory
 available now (MemAvailable, or the free memory of the CUDA device). The budget bounds what is
 stored for the reverse pass, not the model, the data or one step's workspace.
+
+``offload`` (replay and checkpoint; :data:`OFFLOADS`) moves snapshots to a second storage level,
+named in the schedule's actions (:mod:`memdistill.engine.schedules`):
+
+- ``"cpu"``: the same schedule with every snapshot on level 1, host memory (pinned, copied on a
+  side stream when the model is on a GPU). The budget bounds the host level, which holds all.
+- ``"disk"``: :func:`~memdistill.engine.schedules.two_level` with c snapshots in memory (level 0)
+  and the ⌈(n+1)/(c+1)⌉ segment starts in a memory-mapped file (level 1), ≈ 2n forward steps.
+  c: ``snapshots`` for checkpoint (None: ⌊√n⌋), 0 for replay (every state on disk); "auto"
+  replays in memory when every state fits the budget, else takes c = ⌊budget / S⌋. The budget
+  bounds the memory level; the disk level is checked against the free space before any work.
+
+``Plan.levels`` names the levels and their predicted peak bytes.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -33,7 +47,9 @@ from memdistill.engine import schedules
 from memdistill.engine.fixedpoint import stack_bytes
 
 __all__ = ["Plan", "Sizes", "UNITS", "REVERSIBLE_STEP_COST", "parse_memory", "format_bytes", "schedule_of",
-           "predict", "choose", "default_budget"]
+           "predict", "choose", "default_budget", "OFFLOADS", "offload_plan"]
+
+OFFLOADS = (None, "cpu", "disk")
 
 UNITS = {"B": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "TiB": 2 ** 40,
          "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
@@ -100,6 +116,10 @@ class Plan:
       steps: n.
       memory: the budget in bytes it was checked against (None: not checked).
       why: one sentence on the choice.
+      offload: None, "cpu" or "disk": where the second storage level is (None: no second level).
+      levels: ((level name, predicted peak bytes), ...) per storage level: ("memory",) alone,
+        ("device", "host") for "cpu", ("memory", "disk") for "disk". predicted_peak_bytes is the
+        memory one's (the host's for "cpu").
     """
     method: str
     snapshots: int | None
@@ -109,10 +129,21 @@ class Plan:
     steps: int
     memory: int | None
     why: str
+    offload: str | None = None
+    levels: tuple[tuple[str, int], ...] = ()
 
 
-def schedule_of(method: str, n: int, snapshots: int | None) -> tuple[str, list[schedules.Action]]:
-    """(schedule name, actions) of a stored-state method: replay, checkpoint or reversible."""
+def schedule_of(method: str, n: int, snapshots: int | None,
+                offload: str | None = None) -> tuple[str, list[schedules.Action]]:
+    """(schedule name, actions) of a stored-state method: replay, checkpoint or reversible;
+    ``offload`` "cpu": the same on level 1, "disk": two-level with ``snapshots`` (None: ⌊√n⌋;
+    replay: 0) in memory (see the module docstring)."""
+    if offload == "disk":
+        memory_slots = 0 if method == "replay" else snapshots if snapshots is not None else math.isqrt(n)
+        return "two-level", schedules.two_level(n, memory_slots)
+    if offload == "cpu":
+        name, actions = schedule_of(method, n, snapshots)
+        return name, schedules.relevel(actions, 1)
     if method == "replay":
         return "store-all", schedules.store_all(n)
     if method == "reversible":
@@ -123,9 +154,12 @@ def schedule_of(method: str, n: int, snapshots: int | None) -> tuple[str, list[s
 
 
 def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Callable[[int], int],
-            memory: int | None = None, why: str = "") -> Plan:
-    """The :class:`Plan` of one given method (``autograd_bytes(n)``: autograd's measured T(n))."""
+            memory: int | None = None, why: str = "", offload: str | None = None) -> Plan:
+    """The :class:`Plan` of one given method (``autograd_bytes(n)``: autograd's measured T(n)),
+    its snapshots offloaded by :func:`offload_plan`."""
     n = sizes.n
+    if offload == "disk" and method in ("replay", "checkpoint"):  # counted without the schedule
+        return offload_plan(Plan(method, snapshots, "", 0, 0, n, memory, why), sizes, offload)
     if method == "autograd":
         return Plan("autograd", None, "autograd", autograd_bytes(n), n, n, memory, why)
     if method == "reversible":
@@ -133,21 +167,51 @@ def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Ca
         return Plan("reversible", None, "reversible", peak, 2 * n, n, memory, why)
     name, actions = schedule_of(method, n, snapshots)
     stats = schedules.simulate(actions, n)
-    return Plan(method, snapshots if name == "binomial" else None, name,
-                stats.max_stored * sizes.state_bytes, stats.forward_steps, n, memory, why)
+    peak = stats.max_stored * sizes.state_bytes
+    return offload_plan(Plan(method, snapshots if name == "binomial" else None, name,
+                             peak, stats.forward_steps, n, memory, why, None, (("memory", peak),)), sizes, offload)
+
+
+def offload_plan(plan: Plan, sizes: Sizes, offload: str | None) -> Plan:
+    """``plan`` (replay or checkpoint) with its snapshots offloaded; autograd and reversible plans
+    and ``offload=None`` come back as they are, with their one level."""
+    if offload is None or plan.method not in ("replay", "checkpoint"):
+        return plan
+    n, size = sizes.n, sizes.state_bytes
+    if offload == "cpu":
+        return replace(plan, offload="cpu", levels=(("device", 0), ("host", plan.predicted_peak_bytes)))
+    slots = 0 if plan.method == "replay" else plan.snapshots if plan.snapshots is not None else math.isqrt(n)
+    in_memory, on_disk = schedules.two_level_slots(n, slots)
+    return replace(plan, snapshots=None if plan.method == "replay" else slots, schedule="two-level",
+                   predicted_peak_bytes=in_memory * size, forward_steps=schedules.two_level_cost(n, slots),
+                   offload="disk", levels=(("memory", in_memory * size), ("disk", on_disk * size)))
 
 
 def _fits(plan: Plan, memory: int) -> bool:
     return plan.predicted_peak_bytes <= memory
 
 
-def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | None) -> Plan:
+def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | None,
+           offload: str | None = None) -> Plan:
     """``method="auto"``: the fastest plan whose predicted peak is at most ``memory`` bytes.
 
     ``autograd_bytes`` None: autograd is no candidate (the step is analytic). ValueError, naming
-    the smallest budget that would do, when nothing fits.
+    the smallest budget that would do, when nothing fits. ``offload`` "cpu": no autograd (its
+    graphs stay on the device), the choice's snapshots on the host; "disk": replay in memory if
+    every state fits, else two-level checkpointing with as many memory snapshots as fit (never
+    an error: the rest goes to disk).
     """
     budget = format_bytes(memory)
+    if offload == "cpu":
+        return offload_plan(choose(sizes, memory, None), sizes, "cpu")
+    if offload == "disk":
+        if sizes.n * sizes.state_bytes <= memory:
+            return predict("replay", sizes, None, lambda n: 0, memory, f"every state fits in {budget}")
+        slots = memory // sizes.state_bytes
+        if not slots:
+            return predict("replay", sizes, None, lambda n: 0, memory, f"no state fits in {budget}: all on disk", "disk")
+        return predict("checkpoint", sizes, slots, lambda n: 0, memory,
+                       f"{slots} snapshots fit in {budget}; segment starts go to disk", "disk")
     if autograd_bytes is not None:
         plan = predict("autograd", sizes, None, autograd_bytes, memory, f"autograd's graphs fit in {budget}")
         if _fits(plan, memory):

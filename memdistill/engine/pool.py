@@ -12,19 +12,24 @@ Views are safe because the engine never writes a state in place (every step make
 and a slot is only written by STORE of the *current* state: a restored view that is still
 current when its slot is freed and reused can only be copied onto itself.
 
-A later storage level (pinned host memory, a memory-mapped file) is another object with the same
-``store`` / ``restore`` / ``free`` and ``nbytes``; the engine would pick it by the level an
-action names, not by anything it knows about memory.
+The second storage level of ``offload`` (:func:`memdistill.engine.schedules.relevel`,
+:func:`~memdistill.engine.schedules.two_level`) is another pool with the same ``store`` /
+``restore`` / ``free`` / ``nbytes`` / ``close``: :class:`HostPool` (pinned host memory, copies on
+a side CUDA stream) and :class:`FilePool` (a memory-mapped file). The engine picks a pool by the
+level an action names and knows nothing of streams or files.
 """
 from __future__ import annotations
 
+import errno
+import os
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from memdistill.engine.dynamics import state_bytes
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "HostPool", "FilePool"]
 
 
 class Pool:
@@ -32,8 +37,7 @@ class Pool:
 
     def __init__(self, template: NamedTuple, slots: int):
         self.kind = type(template)
-        self.buffers = [None if t is None else torch.empty((slots, *t.shape), dtype=t.dtype, device=t.device)
-                        for t in template]
+        self.buffers = [None if t is None else self._allocate(i, t, slots) for i, t in enumerate(template)]
         self.free_slots = list(reversed(range(slots)))   # pop() hands out slot 0 first
         self.where: dict[int, int] = {}                  # position k -> slot
         self.slot_bytes = state_bytes(template)
@@ -46,15 +50,22 @@ class Pool:
         """Bytes of the states held now (slots in use × bytes of one state)."""
         return len(self.where) * self.slot_bytes
 
-    def store(self, k: int, state: NamedTuple) -> None:
-        """Copy ``state`` (the one at position k) into a free slot."""
+    def _allocate(self, i: int, t: Tensor, slots: int) -> Tensor:
+        """The buffer [slots, *t.shape] of the state's i-th tensor t."""
+        return torch.empty((slots, *t.shape), dtype=t.dtype, device=t.device)
+
+    def _take(self, k: int) -> int:
         if not self.free_slots:
             raise RuntimeError(f"Pool: no free slot to store position {k} (all {self.slots} in use)")
-        slot = self.free_slots.pop()
+        slot = self.where[k] = self.free_slots.pop()
+        return slot
+
+    def store(self, k: int, state: NamedTuple) -> None:
+        """Copy ``state`` (the one at position k) into a free slot."""
+        slot = self._take(k)
         for buffer, t in zip(self.buffers, state):
             if buffer is not None:
                 buffer[slot].copy_(t)
-        self.where[k] = slot
 
     def restore(self, k: int) -> NamedTuple:
         """The state stored at position k, as views of its slot (never written while in use)."""
@@ -63,3 +74,96 @@ class Pool:
 
     def free(self, k: int) -> None:
         self.free_slots.append(self.where.pop(k))
+
+    def close(self) -> None:
+        """Release what outlives the sweep (nothing here: the buffers go with the pool)."""
+
+
+class HostPool(Pool):
+    """``offload="cpu"``: the slots in host memory, pinned where CUDA is available.
+
+    With the state on a CUDA device, STORE queues the device→host copy on a side stream (after
+    the work that made the state) and returns at once, so the copy overlaps the next forward
+    steps; RESTORE queues the host→device copy on the same stream (after the slot's store) and
+    makes the current stream wait on its event. With the state on the CPU it is a second
+    :class:`Pool` in host memory.
+    """
+
+    def __init__(self, template: NamedTuple, slots: int):
+        self.device = next(t for t in template if t is not None).device
+        super().__init__(template, slots)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def _allocate(self, i: int, t: Tensor, slots: int) -> Tensor:
+        return torch.empty((slots, *t.shape), dtype=t.dtype, pin_memory=torch.cuda.is_available())
+
+    def store(self, k: int, state: NamedTuple) -> None:
+        if self.stream is None:
+            return super().store(k, state)
+        slot = self._take(k)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the state is computed
+        with torch.cuda.stream(self.stream):
+            for buffer, t in zip(self.buffers, state):
+                if buffer is not None:
+                    buffer[slot].copy_(t, non_blocking=True)
+                    t.record_stream(self.stream)  # not reused by the allocator before the copy ends
+        return None
+
+    def restore(self, k: int) -> NamedTuple:
+        if self.stream is None:
+            return super().restore(k)
+        slot, current = self.where[k], torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):  # after this slot's store: same stream, in order
+            out = [None if b is None else b[slot].to(self.device, non_blocking=True) for b in self.buffers]
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+        current.wait_event(copied)
+        for t in out:
+            if t is not None:
+                t.record_stream(current)
+        return self.kind._make(out)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+
+class FilePool(Pool):
+    """``offload="disk"``: the slots in memory-mapped files in ``directory``, one per tensor of the
+    state, reserved in full on creation (``posix_fallocate``), so a full disk is an OSError here,
+    before the sweep, and never a fault in the middle of it. :meth:`close` removes the files."""
+
+    def __init__(self, template: NamedTuple, slots: int, directory: str):
+        self.directory, self.paths = directory, []
+        self.device = next(t for t in template if t is not None).device
+        try:
+            super().__init__(template, slots)
+        except BaseException:
+            self.close()
+            raise
+
+    def _allocate(self, i: int, t: Tensor, slots: int) -> Tensor:
+        path = os.path.join(self.directory, f"snapshots-{i}.bin")
+        self.paths.append(path)
+        size = max(1, slots * t.numel())
+        nbytes = size * t.element_size()
+        try:
+            with open(path, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+        except OSError as e:
+            reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+            raise OSError(e.errno, f"offload='disk': cannot reserve {nbytes:,} bytes for {slots} snapshots "
+                          f"in {self.directory}: {reason}") from e
+        return torch.from_file(path, shared=True, size=size, dtype=t.dtype)[:slots * t.numel()].view(slots, *t.shape)
+
+    def restore(self, k: int) -> NamedTuple:
+        state = super().restore(k)
+        return state if self.device.type == "cpu" else self.kind._make(
+            None if t is None else t.to(self.device) for t in state)
+
+    def close(self) -> None:
+        """Remove the files (the mappings stay valid until their tensors go)."""
+        for path in self.paths:
+            if os.path.exists(path):
+                os.remove(path)
+        self.paths = []

@@ -17,6 +17,13 @@ position ``p`` and a set of *stored* states keyed by position.
 
 Every schedule here begins with the current state at position 0 (θ0, which must be stored
 explicitly if it is needed again) and the counts it achieves are checked by :func:`simulate`.
+
+Storage levels (multistage checkpointing, Stumm & Walther 2009; firedrake's checkpoint_schedules).
+STORE, RESTORE and FREE name the ``level`` a snapshot lives on: 0 the memory of the model's
+device, 1 a second level (pinned host memory or a memory-mapped file, chosen by the caller). A
+schedule says where each snapshot lives, never how a level stores it. :func:`relevel` moves a
+whole schedule to one level; :func:`two_level` keeps segment starts on level 1 and the states
+inside a segment on level 0.
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from typing import NamedTuple
 
 __all__ = [
     "Op", "Action", "ScheduleStats", "store_all", "periodic", "binomial", "reversible",
-    "simulate", "binomial_cost", "max_stored",
+    "simulate", "binomial_cost", "max_stored", "relevel", "two_level", "two_level_cost", "two_level_slots",
+    "level_slots", "Lazy",
 ]
 
 
@@ -42,12 +50,14 @@ class Op(enum.Enum):
 class Action(NamedTuple):
     op: Op
     k: int
+    level: int = 0   # storage level of a STORE / RESTORE / FREE (0: memory); ignored by the others
 
 
 class ScheduleStats(NamedTuple):
     forward_steps: int   # ADVANCE + RETREAT actions: inner steps computed outside reverse steps
     max_stored: int      # most snapshots held at one time
     reverse_order: tuple[int, ...]
+    level_max_stored: tuple[int, ...] = ()   # most snapshots held at one time on each level 0, 1, ...
 
 
 def _check_n(n: int) -> None:
@@ -204,10 +214,101 @@ def reversible(n: int) -> list[Action]:
     return acts
 
 
-def max_stored(actions: list[Action]) -> int:
-    """The most snapshots held at one time (the slots a pool needs); no validity checks (see :func:`simulate`)."""
+def relevel(actions: list[Action], level: int) -> list[Action]:
+    """``actions`` with every STORE / RESTORE / FREE moved to storage ``level`` (same positions, same counts)."""
+    return [Action(op, k, level if op in _STORAGE else 0) for op, k, _ in actions]
+
+
+_STORAGE = (Op.STORE, Op.RESTORE, Op.FREE)
+
+
+class Lazy:
+    """A schedule generated on each iteration (``fn(*args)``), never held whole: a schedule of 10⁶
+    steps is millions of actions, which as a list would take more memory than the snapshots."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __iter__(self):
+        return iter(self.fn(*self.args))
+
+
+def _two_level_segment(start: int, length: int, snapshots: int, first: bool, inner: list[Action] | None):
+    """Reverse positions start+length−1 … start, the start on level 1, ``snapshots`` level-0 slots."""
+    if length == 1:
+        if not first:  # the start was stored on level 1 by the forward sweep
+            yield Action(Op.RESTORE, start, 1)
+        yield Action(Op.REVERSE, start)
+        if not first:
+            yield Action(Op.FREE, start, 1)
+        return
+    inner = inner if inner is not None else binomial(length - 1, snapshots + 1)
+    for i, (op, k, _) in enumerate(inner):
+        if i == 0 and not first:  # binomial's STORE of its start: already on level 1
+            yield Action(Op.RESTORE, start, 1)
+        else:
+            yield Action(op, start + k, 1 if k == 0 and op in _STORAGE else 0)
+
+
+def _two_level(n: int, snapshots: int):
+    seg = snapshots + 1
+    last = (n // seg) * seg   # start of the segment that holds the outer loss (position n)
+    for k in range(last):
+        if k % seg == 0:
+            yield Action(Op.STORE, k, 1)
+        yield Action(Op.ADVANCE, k)
+    full = binomial(seg - 1, snapshots + 1) if seg > 1 else None
+    for start in range(last, -1, -seg):
+        length = min(seg, n + 1 - start)
+        yield from _two_level_segment(start, length, snapshots, start == last, full if length == seg else None)
+
+
+def two_level(n: int, snapshots: int) -> Lazy:
+    """Two-level checkpointing: segment starts on level 1 (disk), the states inside on level 0.
+
+    The n + 1 positions are cut into segments of ``snapshots + 1``. The forward sweep stores
+    every segment's first state on level 1. The reverse sweep, segment by segment from the last,
+    restores the start from level 1 and reverses the segment by binomial checkpointing
+    (:func:`binomial`) with its start on level 1 and ``snapshots`` level-0 slots. A segment of
+    c + 1 positions needs each step once more (repetition number 1), so the forward steps are
+    (see :func:`two_level_cost`) about 2n: n in the forward sweep, n inside the segments.
+    Level 1 holds ⌈(n+1)/(c+1)⌉ states, level 0 at most c. ``snapshots=0``: every state on
+    level 1 (store-all). Generated lazily (:class:`Lazy`).
+    """
+    _check_n(n)
+    if not isinstance(snapshots, int) or snapshots < 0:
+        raise ValueError(f"two_level: snapshots must be an integer >= 0, got {snapshots!r}")
+    return Lazy(_two_level, n, snapshots)
+
+
+def two_level_cost(n: int, snapshots: int) -> int:
+    """Forward steps of :func:`two_level`: the forward sweep to the last segment start, ``last``
+    = ⌊n/(c+1)⌋(c+1), plus t(l_j, c+1) for each segment of l_j positions (:func:`binomial_cost`:
+    its start's slot is on level 1, the other c on level 0)."""
+    seg = snapshots + 1
+    last = (n // seg) * seg
+    full = (last // seg) * binomial_cost(seg, snapshots + 1)
+    return last + full + binomial_cost(n + 1 - last, snapshots + 1)
+
+
+def two_level_slots(n: int, snapshots: int) -> tuple[int, int]:
+    """Most snapshots :func:`two_level` holds at one time on (level 0, level 1), without running it:
+    binomial's within a segment less its start's slot, and every segment start (the last one's
+    only when it is stored, i.e. the last segment has two positions or more)."""
+    seg = snapshots + 1
+    last = (n // seg) * seg
+    lengths = {n + 1 - last} | ({seg} if last else set())
+    inner = [max_stored(binomial(length - 1, seg)) - 1 for length in lengths if length >= 2]
+    return max(inner, default=0), last // seg + (n + 1 - last >= 2)
+
+
+def max_stored(actions: list[Action], level: int | None = None) -> int:
+    """The most snapshots held at one time (on ``level``, None: all levels together): the slots a
+    pool needs; no validity checks (see :func:`simulate`)."""
     held = peak = 0
-    for op, _ in actions:
+    for op, _, where in actions:
+        if level is not None and where != level:
+            continue
         if op is Op.STORE:
             held += 1
             peak = max(peak, held)
@@ -216,18 +317,34 @@ def max_stored(actions: list[Action]) -> int:
     return peak
 
 
+def level_slots(actions: list[Action]) -> tuple[int, ...]:
+    """:func:`max_stored` of each level 0, 1, … up to the highest used, in one pass."""
+    held: dict[int, int] = {}
+    peak: dict[int, int] = {}
+    for op, _, level in actions:
+        if op is Op.STORE:
+            held[level] = held.get(level, 0) + 1
+            peak[level] = max(peak.get(level, 0), held[level])
+        elif op is Op.FREE:
+            held[level] -= 1
+    return tuple(peak.get(level, 0) for level in range(max(peak, default=0) + 1))
+
+
 def simulate(actions: list[Action], n: int) -> ScheduleStats:
     """Execute a schedule on positions only; raise ValueError at the first invalid action.
 
     Checks: ADVANCE/RETREAT/REVERSE find the current state where they need it, RESTORE/FREE
-    name a stored state, reverse steps run n, n−1, …, 0 exactly once, nothing is left stored.
+    name a state stored on their level, reverse steps run n, n−1, …, 0 exactly once, nothing
+    is left stored.
     """
     current: int | None = 0
-    stored: set[int] = set()
+    stored: dict[int, int] = {}   # position -> level
+    held: dict[int, int] = {}     # level -> snapshots held now
+    level_peak: dict[int, int] = {}
     forward = peak = 0
     order: list[int] = []
-    for i, (op, k) in enumerate(actions):
-        where = f"schedule action {i} ({op.value} {k})"
+    for i, (op, k, level) in enumerate(actions):
+        where = f"schedule action {i} ({op.value} {k}{f' level {level}' if level else ''})"
         if op in (Op.ADVANCE, Op.STORE, Op.REVERSE) and current != k:
             raise ValueError(f"{where}: current state is at {current}")
         if op is Op.ADVANCE:
@@ -237,16 +354,21 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
                 raise ValueError(f"{where}: current state is at {current}")
             current, forward = k, forward + 1
         elif op is Op.STORE:
-            stored.add(k)
+            if k in stored:
+                held[stored[k]] -= 1
+            stored[k] = level
+            held[level] = held.get(level, 0) + 1
+            level_peak[level] = max(level_peak.get(level, 0), held[level])
             peak = max(peak, len(stored))
-        elif op is Op.RESTORE:
-            if k not in stored:
-                raise ValueError(f"{where}: no state is stored there")
-            current = k
-        elif op is Op.FREE:
-            if k not in stored:
-                raise ValueError(f"{where}: no state is stored there")
-            stored.remove(k)
+        elif op in (Op.RESTORE, Op.FREE):
+            if stored.get(k) != level:
+                raise ValueError(f"{where}: no state is stored there"
+                                 f"{f' (it is on level {stored[k]})' if k in stored else ''}")
+            if op is Op.RESTORE:
+                current = k
+            else:
+                del stored[k]
+                held[level] -= 1
         elif op is Op.REVERSE:
             expected = n - len(order)
             if k != expected:
@@ -256,4 +378,5 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
         raise ValueError(f"schedule reverses {len(order)} steps, expected {n + 1}")
     if stored:
         raise ValueError(f"schedule leaves states stored at the end: {sorted(stored)}")
-    return ScheduleStats(forward, peak, tuple(order))
+    levels = tuple(level_peak.get(level, 0) for level in range(max(level_peak, default=-1) + 1))
+    return ScheduleStats(forward, peak, tuple(order), levels)

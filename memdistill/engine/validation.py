@@ -2,8 +2,12 @@
 what was expected, before any work starts."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
+
+from memdistill.engine.planner import OFFLOADS
 
 METHODS = ("autograd", "replay", "checkpoint", "reversible", "auto")
 
@@ -11,7 +15,7 @@ METHODS = ("autograd", "replay", "checkpoint", "reversible", "auto")
 # original one, so no method could be exact.
 _RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
-__all__ = ["METHODS", "check_inputs", "check_labels"]
+__all__ = ["METHODS", "check_inputs", "check_labels", "check_offload"]
 
 
 def _fail(message: str, kind: type[Exception] = ValueError) -> Exception:
@@ -67,8 +71,12 @@ def check_labels(name: str, y: Tensor, out: Tensor) -> None:
     soft labels with C columns."""
     classes = out.shape[-1]
     if y.is_floating_point():
-        if y.dim() == 2 + (name == "y_syn") and (classes == 1 or y.shape[-1] != classes):
+        soft = y.dim() == 2 + (name == "y_syn")
+        if soft and (classes == 1 or y.shape[-1] != classes):
             raise _fail(f"{name} has {y.shape[-1]} soft-label columns but the model has {classes} outputs")
+        if not soft and classes != 1:
+            raise _fail(f"{name} holds float targets without a class axis, which fit a model with one output; "
+                        f"this model has {classes}: pass int64 class ids or soft labels [..., {classes}]")
         return
     top = 2 if classes == 1 else classes
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= top):
@@ -115,3 +123,21 @@ def check_inputs(model, x_syn, y_syn, lrs, x_real, y_real, epochs, momentum, met
     if bool((lrs <= 0).any()):
         k = int(lrs.argmin())
         raise _fail(f"lrs must be positive and finite, got min={lrs[k].item():.6g} at step {k}")
+
+
+def check_offload(offload: object, offload_dir: object, method: str) -> None:
+    """offload in (None, "cpu", "disk") with a method that stores snapshots; offload_dir (disk
+    only) an existing directory. Whether it is writable and has the space: when the plan is known."""
+    if offload not in OFFLOADS:
+        raise _fail(f"offload must be one of {list(OFFLOADS)}, got {offload!r}")
+    if offload is not None and method in ("autograd", "reversible"):
+        raise _fail(f"offload={offload!r} moves stored snapshots, which method={method!r} has none of; "
+                    "use method 'replay', 'checkpoint' or 'auto'")
+    if offload_dir is None:
+        return
+    if offload != "disk":
+        raise _fail(f"offload_dir goes with offload='disk', got offload={offload!r}")
+    if not isinstance(offload_dir, (str, os.PathLike)):
+        raise _fail(f"offload_dir must be a path (str or os.PathLike), got {type(offload_dir).__name__}", TypeError)
+    if not os.path.isdir(offload_dir):
+        raise _fail(f"offload_dir must be an existing directory, got {os.fspath(offload_dir)!r}")
