@@ -104,6 +104,41 @@ def test_cli_quick_marks_results_and_says_what_it_wrote(tmp_path, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["quick"] is True
 
 
+def _distill_updates(protocol, tmp_path, monkeypatch, queue=None):
+    """The bar's updates while run_distillations distils every source of ``protocol`` in this process
+    (``queue``: reported as a pool worker does, through reproduce's queue, and polled)."""
+    dataset, bar = load_dataset("moons"), RecordingBar(total=None)
+    updates = []
+    monkeypatch.setattr(bar, "update", lambda n=1: (RecordingBar.update(bar, n), updates.append(n)))
+    if queue is None:
+        reproduce.run_distillations(protocol, dataset, tmp_path, None, bar, {})
+        return dataset, updates
+    monkeypatch.setattr(reproduce, "_main_queue", queue)
+    costs = {name: reproduce.distill_cost(protocol, dataset, archs)
+             for name, archs in reproduce.sources(protocol, dataset).items()}
+    progress = reproduce.DistillProgress(bar, costs, protocol.outer_epochs * 4, queue)  # 4 batches of 250
+    reproduce.distill_source(protocol, "2-layer", tmp_path, False)
+    progress.poll()
+    return dataset, updates
+
+
+def test_the_bar_advances_with_every_outer_step_of_every_distillation(tmp_path, monkeypatch):
+    protocol = reproduce.Protocol(**{**TINY, "batch_size": 250, "outer_epochs": 2})
+    dataset, updates = _distill_updates(protocol, tmp_path, monkeypatch)
+    outer = 2 * 4  # outer_epochs × ⌈1,000 / 250⌉
+    assert len(dataset.x_train) == 1000 and len(updates) == 4 * outer  # 4 sources, a step each
+    assert sum(updates) == reproduce.plan(protocol, dataset, False)["distill"]
+
+
+def test_a_worker_processes_outer_steps_reach_the_main_bar(tmp_path, monkeypatch):
+    import queue
+
+    protocol = reproduce.Protocol(**{**TINY, "batch_size": 250, "outer_epochs": 2})
+    dataset, updates = _distill_updates(protocol, tmp_path, monkeypatch, queue.Queue())
+    archs = reproduce.sources(protocol, dataset)["2-layer"]
+    assert len(updates) == 8 and sum(updates) == reproduce.distill_cost(protocol, dataset, archs)
+
+
 def test_costs_weigh_tasks_by_their_work():
     protocol, dataset = reproduce.Protocol(), load_dataset("moons")
     one, two, four = (reproduce._arch(f"{k}-layer", dataset) for k in (1, 2, 4))

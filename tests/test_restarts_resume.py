@@ -8,8 +8,9 @@ from torch import nn
 from memdistill.data import load_dataset
 from memdistill.distill.batching import hypergradients, shape_groups
 from memdistill.distill.distiller import Distiller
-from memdistill.engine.hypergradient import hypergradient
-from memdistill.models import mlp
+from memdistill.distill.training import mlp_rows, plain_mlp, stack_rows
+from memdistill.engine.hypergradient import hypergradient, make_step
+from memdistill.models import fresh_model, mlp, resolve_arch
 
 torch.set_num_threads(1)
 MOONS = load_dataset("moons")
@@ -17,10 +18,10 @@ TINY = dict(steps=3, epochs=2, per_class=2, progress=False)
 ARCHS = [mlp("1-layer"), mlp("2-layer"), mlp("2-layer")]
 
 
-def fit(seed=0, outer_epochs=2, checkpoint=None, save_every=50, resume=False, **options):
-    distiller = Distiller(ARCHS, **{**TINY, "seed": seed, **options})
+def fit(seed=0, outer_epochs=2, checkpoint=None, save_every=50, resume=False, on_step=None, archs=ARCHS, **options):
+    distiller = Distiller(archs, **{**TINY, "seed": seed, **options})
     return distiller.fit(MOONS.x_train, MOONS.y_train, outer_epochs=outer_epochs, batch_size=250,
-                         checkpoint=checkpoint, save_every=save_every, resume=resume)
+                         checkpoint=checkpoint, save_every=save_every, resume=resume, on_step=on_step)
 
 
 def same_bits(a, b) -> bool:
@@ -96,3 +97,56 @@ def test_checkpoint_errors(tmp_path):
         fit(outer_epochs=1, checkpoint=tmp_path / "other.pt", save_every=0)
     with pytest.raises(ValueError, match="restarts must be None or an int >= 1"):
         Distiller(ARCHS, restarts=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_theta0_rows_have_the_bits_of_fresh_models(dtype):
+    seeds = [0, 1, 12345, 2**62 - 1]
+    for arch in (mlp("1-layer"), mlp("4-layer"), mlp([7, 3], 5, 3), resolve_arch("2-layer", (2,), 2)):
+        models = [fresh_model(arch, seed, dtype) for seed in seeds]
+        expected = stack_rows(make_step(models[0], None), models)
+        got = mlp_rows(plain_mlp(arch), seeds, dtype)
+        assert got.dtype == dtype and torch.equal(got, expected)
+    assert plain_mlp(lambda: mlp("2-layer")()) is None
+
+
+def test_drawn_theta0_rows_give_the_bits_of_built_models():
+    """The Distiller draws the θ0 rows of MLPs directly; factories it cannot see into (here the
+    same MLPs behind lambdas) build every model: the same distillation, bit for bit."""
+    rows = fit(outer_epochs=1, restarts=2, soft_labels=True)
+    built = Distiller([lambda arch=arch: arch() for arch in ARCHS], **TINY, restarts=2, soft_labels=True).fit(
+        MOONS.x_train, MOONS.y_train, outer_epochs=1, batch_size=250)
+    assert all(same_bits(a, b) for a, b in zip(rows, built))
+
+
+def test_on_step_is_called_after_every_outer_step():
+    seen = []
+    fit(outer_epochs=2, on_step=seen.append)
+    assert seen == list(range(1, 9))  # 2 outer epochs × ⌈1,000 / 250⌉ batches
+
+
+def test_restarts_equal_separate_runs_when_the_rows_are_long():
+    """R·n ≥ 32: softplus and sigmoid round by position in torch's vector loops, so η̃ and soft
+    labels must be formed one restart at a time for batched restarts to equal separate runs."""
+    options = dict(steps=5, epochs=8, per_class=2, progress=False, soft_labels=True, momentum=0.5)
+    batched = Distiller(ARCHS[:1], **options, seed=3, restarts=4).fit(MOONS.x_train, MOONS.y_train,
+                                                                       outer_steps=2, batch_size=250)
+    for r, data in enumerate(batched):
+        alone = Distiller(ARCHS[:1], **options, seed=3 + r).fit(MOONS.x_train, MOONS.y_train, outer_steps=2,
+                                                                 batch_size=250)
+        assert same_bits(data, alone)
+
+
+def test_tiny_outer_steps_run_on_one_thread_and_restore_the_count(monkeypatch):
+    seen, original = [], Distiller._outer_step
+    monkeypatch.setattr(Distiller, "_outer_step", lambda self, *a: (seen.append(torch.get_num_threads()),
+                                                                    original(self, *a))[1])
+    torch.set_num_threads(2)
+    try:
+        fit(outer_epochs=1)  # 2-layer MLPs, b = 4: B · b · widest far below SERIAL_WORK
+        assert seen == [1] * 4 and torch.get_num_threads() == 2
+        seen.clear()
+        fit(outer_epochs=1, archs=[lambda: nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))])
+        assert seen == [2] * 4  # the generic step: threads left as they are
+    finally:
+        torch.set_num_threads(1)

@@ -277,6 +277,8 @@ def distil(
         soft_labels=config.soft_labels,
         snapshots=config.snapshots,
         memory=config.memory,
+        offload=config.offload,
+        offload_dir=config.offload_dir,
         compile=config.compile,
         dtype=getattr(torch, config.dtype),
         device=device(config.device),

@@ -195,11 +195,11 @@ def _add_options(parser: argparse.ArgumentParser, options: dict[str, tuple[Calla
         parser.add_argument(flag, type=kind, help=f"{text} (default {shown})")
 
 
-def _add_distill_options(parser: argparse.ArgumentParser, images: bool = False) -> None:
+def _add_distill_options(parser: argparse.ArgumentParser, images: bool = False, method: str = "checkpoint") -> None:
     """Options shared by distill and reproduce (reproduce's defaults depend on --quick)."""
     _add_options(parser, DISTILL_OPTIONS if images else
                  {k: v for k, v in DISTILL_OPTIONS.items() if k != "outer_steps"}, images)
-    parser.add_argument("--method", choices=METHODS, help="hypergradient method (default checkpoint)")
+    parser.add_argument("--method", choices=METHODS, help=f"hypergradient method (default {method})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("--soft-labels", action="store_true", help="also learn soft labels")
     distill.add_argument("--memory", type=_memory, help=MEMORY_HELP + " (default: none; auto: half the free memory)")
+    distill.add_argument(
+        "--offload", choices=["cpu", "disk"],
+        help="where snapshots live beyond memory (replay, checkpoint, auto): cpu = host memory (for a GPU model), "
+             "disk = a two-level schedule, a few in memory and the rest in a memory-mapped file; same results")
+    distill.add_argument("--offload-dir", type=Path,
+                         help="folder of --offload disk's files, removed at the end (default: the temporary folder)")
     distill.add_argument(
         "--compile", action="store_true",
         help="torch.compile the generic step (ConvNets): tens of seconds per product and shape to compile, "
@@ -310,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="run the paper's protocol, write results.json, report.md and figures",
         description="Run the paper's experiments 2-5 (and the Fig. 4 sweeps with --sweeps); paper settings by "
-        "default: 356 s with --jobs 2 on 2 cores (997 s measured while the cores ran four other jobs). One "
+        "default: 316 s with --jobs 2 on 2 cores shared with one other job (534 s while the cores ran two). One "
         "progress bar covers the run (its time left weighs each task by its estimated work) and a line is "
         "printed as each phase ends (baseline, distill, evaluate, sweeps, figures); --no-progress hides only "
         "the bars.",
@@ -319,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "--quick",
         action="store_true",
-        help="a reduced protocol that checks the pipeline end to end (13 s measured on 2 cores, plus about 4 s "
+        help="a reduced protocol that checks the pipeline end to end (9 s measured on 2 cores, plus about 3 s "
         "of Python start-up); its results, report and figures are marked as a quick run, not the reproduction: "
         + ", ".join(f"{k}={v}" for k, v in reproduce.QUICK.items()),
     )
@@ -333,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="distillations run at once in separate processes (default 1; results do not depend on it)",
     )
     _add_options(repro, REPRODUCE_OPTIONS)
-    _add_distill_options(repro)
+    _add_distill_options(repro, method=paper.method)
 
     jobs = commands.add_parser(
         "batch",
@@ -463,6 +469,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     options = {**kind.distiller(), **_given(
         args, ["steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr", "seed", "init", "memory"])}
     distiller = Distiller(archs, **options, theta0=args.theta0, soft_labels=args.soft_labels, compile=args.compile,
+                          offload=args.offload, offload_dir=None if args.offload_dir is None else str(args.offload_dir),
                           dtype=DTYPES[args.dtype], device=args.device, progress=not args.no_progress)
     start = time.perf_counter()
     state = args.out / CHECKPOINT_FILE
@@ -653,12 +660,22 @@ def _check_momentum(method: str | None, momentum: float | None) -> None:
         raise UsageError("--method reversible needs --momentum > 0 (it reverses momentum SGD)")
 
 
+def _check_offload(args: argparse.Namespace) -> None:
+    if args.offload and args.method in ("autograd", "reversible"):
+        raise UsageError(f"--offload {args.offload} moves stored snapshots, which --method {args.method} has none of")
+    if args.offload_dir is not None and args.offload != "disk":
+        raise UsageError("--offload-dir goes with --offload disk")
+    if args.offload_dir is not None and not args.offload_dir.is_dir():
+        raise UsageError(f"--offload-dir: no folder at {str(args.offload_dir)!r}")
+
+
 def _check_distill(args: argparse.Namespace) -> None:
     _check_data(args)
     _check_out(args.out)
     if args.arch and len(args.arch) > 1 and args.models not in (None, len(args.arch)):
         raise UsageError(f"--models {args.models} does not match the {len(args.arch)} --arch values")
     _check_momentum(args.method, args.momentum)
+    _check_offload(args)
     if (args.out / CHECKPOINT_FILE).exists() and not args.resume:
         raise UsageError(f"{args.out / CHECKPOINT_FILE} holds the state of an unfinished run: pass --resume to "
                          "continue it, or delete it to start over")

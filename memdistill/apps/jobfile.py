@@ -103,6 +103,9 @@ class Settings(_Table):
     snapshots: Count | None = Field(None, description="stored states of `checkpoint` (default √(s·e) segments)")
     memory: Memory | None = Field(None, description="budget of one sweep's stored states: bytes or `\"512MiB\"`, "
                                   "`\"2GiB\"`, `\"64MB\"`; `method = \"auto\"` picks the method that fits")  # fmt: skip
+    offload: Literal["cpu", "disk"] | None = Field(None, description="snapshots beyond memory: `\"cpu\"` host memory, "
+                                                   "`\"disk\"` a memory-mapped file (two-level); same results")  # fmt: skip
+    offload_dir: str | None = Field(None, description="folder of `offload = \"disk\"`'s files (default: the temporary one)")
     init_lr: Rate = Field(PAPER.init_lr, description="initial value of every learned learning rate")
     outer_lr: Rate = Field(PAPER.outer_lr, description="Adam's learning rate in the outer loop")
     outer_epochs: Count = Field(PAPER.outer_epochs, description="passes over the real data")
@@ -148,8 +151,14 @@ class Config(Settings):
                (kind == ".csv" and self.label is None,
                 f"label: required with the CSV data {self.data!r} (the label column)"),
                (not FOLDER_NAME.fullmatch(name),
-                f"name: the name made from data and archs, {NAME_RULE.format(name)}; give the job a name"))  # fmt: skip
-        paths = {key: str((folder / value).resolve()) for key in ("data", "data_root")
+                f"name: the name made from data and archs, {NAME_RULE.format(name)}; give the job a name"),
+               (self.offload is not None and self.method in ("autograd", "reversible"),
+                f"offload: method {self.method!r} stores no snapshots to offload"),
+               (self.offload_dir is not None and self.offload != "disk",
+                f"offload_dir: goes with offload = \"disk\", got offload = {self.offload!r}"),
+               (self.offload_dir is not None and not (folder / self.offload_dir).is_dir(),
+                f"offload_dir: no folder at {str(folder / (self.offload_dir or ''))!r}"))  # fmt: skip
+        paths = {key: str((folder / value).resolve()) for key in ("data", "data_root", "offload_dir")
                  if (value := getattr(self, key)) is not None and value not in NAMED}  # fmt: skip
         return self.model_copy(update={"name": name, **paths})
 

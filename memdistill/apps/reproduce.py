@@ -14,7 +14,8 @@ Protocol, with the paper's settings as the defaults of :class:`Protocol`:
 
 Outputs in ``out``: results.json, report.md, PNG figures and every distilled set under
 ``distilled/``, all written atomically. One progress bar covers the run, its units each task's
-estimated work (:func:`plan`); a line is logged as each phase ends (:class:`Phases`).
+estimated work (:func:`plan`), each distillation advancing it at every outer step, in worker
+processes too (:class:`DistillProgress`); a line is logged as each phase ends (:class:`Phases`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -65,7 +67,7 @@ class Protocol:
     models: int = 3
     outer_epochs: int = 50
     batch_size: int = 64
-    method: str = "checkpoint"
+    method: str = "replay"  # same bits as the paper's checkpointing; the protocol's 30 tiny models store little
     momentum: float = 0.0
     init_lr: float = 0.02
     outer_lr: float = 0.01
@@ -94,7 +96,7 @@ QUICK = dict(
     sweep_steps=(1, 5),
     sweep_models=(1, 3),
 )
-"""Overrides of :class:`Protocol` for ``--quick`` (13 s measured on 2 CPU cores, figures
+"""Overrides of :class:`Protocol` for ``--quick`` (9 s measured on 2 CPU cores, figures
 included); the larger outer_lr makes up for the 16× fewer outer steps. Its results are marked as
 a quick run (``run(quick=True)``): they show none of the paper's effects."""
 
@@ -130,9 +132,11 @@ def distill(
     epochs: int | None = None,
     restarts: int | None = None,
     progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> DistilledData | list[DistilledData]:
     """One distillation of the training part with the protocol's settings; with ``restarts``
-    R of them batched in one computation (restart r with seed ``seed + r``)."""
+    R of them batched in one computation (restart r with seed ``seed + r``); ``on_step``: see
+    :meth:`Distiller.fit`."""
     distiller = Distiller(
         list(archs),
         steps=steps or protocol.steps,
@@ -146,7 +150,8 @@ def distill(
         progress=progress,
         restarts=restarts,
     )
-    result = distiller.fit(dataset.x_train, dataset.y_train, protocol.outer_epochs, protocol.batch_size)
+    result = distiller.fit(dataset.x_train, dataset.y_train, protocol.outer_epochs, protocol.batch_size,
+                           on_step=on_step)
     for data in result if isinstance(result, list) else [result]:
         data.config["data"] = protocol.data
     return result
@@ -226,12 +231,18 @@ def sweep_cost(protocol: Protocol, dataset: Dataset, shape: dict[str, int], mode
     )
 
 
-def distill_source(protocol: Protocol, source: str, out: Path, progress: bool) -> tuple[list[DistilledData], float]:
+def distill_source(
+    protocol: Protocol, source: str, out: Path, progress: bool, on_step: Callable[[str, int], None] | None = None
+) -> tuple[list[DistilledData], float]:
     """All restarts of ``source`` in one batched distillation (restart r: seed ``protocol.seed + r``),
-    saved as ``out/distilled/<source>-r<r>.safetensors``; returns (the data, seconds)."""
+    saved as ``out/distilled/<source>-r<r>.safetensors``; returns (the data, seconds).
+    ``on_step(source, outer steps taken)`` after every outer step (default: in a worker of
+    :func:`_pool`, a message to the main process's :class:`DistillProgress`)."""
     start, dataset = time.perf_counter(), load_dataset(protocol.data)
     archs = sources(protocol, dataset)[source]
-    distilled = distill(protocol, dataset, archs, protocol.seed, restarts=protocol.restarts, progress=progress)
+    report = on_step if on_step is not None or _main_queue is None else _to_main
+    distilled = distill(protocol, dataset, archs, protocol.seed, restarts=protocol.restarts, progress=progress,
+                        on_step=None if report is None else lambda done: report(source, done))
     for restart, data in enumerate(distilled):
         data.save(out / "distilled" / f"{source}-r{restart}.safetensors")
     return distilled, time.perf_counter() - start
@@ -274,23 +285,72 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+_main_queue: Any = None
+"""In a worker process of :func:`_pool`: the queue of (source, outer steps taken) to the main process."""
+
+
+def _to_main(source: str, done: int) -> None:
+    """Tell the main process (:meth:`DistillProgress.poll`) that ``source`` took ``done`` outer steps."""
+    _main_queue.put((source, done))
+
+
+def _worker(queue: Any) -> None:
+    """Set-up of a worker process: one torch thread, outer steps reported to ``queue``."""
+    global _main_queue
+    torch.set_num_threads(1)
+    _main_queue = queue
+
+
 @contextmanager
-def _pool(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
-    """``jobs`` spawned one-thread worker processes, or None (jobs = 1: work in this process)."""
+def _pool(jobs: int) -> Iterator[tuple[ProcessPoolExecutor | None, Any]]:
+    """(``jobs`` spawned one-thread worker processes, the queue their distillations report outer
+    steps to), or (None, None) (jobs = 1: work in this process)."""
     if jobs == 1:
-        yield None
+        yield None, None
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        yield pool
+    queue = context.Queue()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker, initargs=(queue,)) as pool:
+        yield pool, queue
+
+
+class DistillProgress:
+    """Advances the bar by each distillation's :func:`distill_cost` as its outer steps are taken
+    (to ``⌊cost · steps taken / outer steps⌋``, whole units), so that the ETA follows the
+    distillations step by step."""
+
+    def __init__(self, bar: tqdm, costs: dict[str, int], steps: int, queue: Any = None) -> None:
+        self.bar, self.costs, self.steps, self.queue = bar, costs, steps, queue
+        self.done = dict.fromkeys(costs, 0)
+
+    def step(self, source: str, done: int) -> None:
+        """``source`` has taken ``done`` outer steps (a late or repeated report changes nothing)."""
+        if done > self.done[source]:
+            cost, last = self.costs[source], self.done[source]
+            if units := cost * done // self.steps - cost * last // self.steps:
+                self.bar.update(units)
+            self.done[source] = done
+
+    def finish(self, source: str) -> None:
+        """``source`` is done: the bar holds its whole cost."""
+        self.step(source, self.steps)
+
+    def poll(self) -> None:
+        """Take the reports the worker processes sent since the last call."""
+        while self.queue is not None:
+            try:
+                self.step(*self.queue.get_nowait())
+            except Empty:
+                return
 
 
 def _completed(
-    pool: ProcessPoolExecutor | None, function: Callable, calls: Sequence[tuple], bar: tqdm
+    pool: ProcessPoolExecutor | None, function: Callable, calls: Sequence[tuple], bar: tqdm,
+    poll: Callable[[], None] | None = None
 ) -> Iterator[tuple[int, Any]]:
     """``(i, function(*calls[i]))`` for every call: in order in this process (no pool), or in the
-    pool's processes, each as soon as it finishes (submitted in the order of ``calls``), the
-    ``bar`` redrawn every second meanwhile (its elapsed time runs on while no task ends)."""
+    pool's processes, each as soon as it finishes (submitted in the order of ``calls``), ``poll``
+    called and the ``bar`` redrawn every quarter second meanwhile (its elapsed time runs on)."""
     if pool is None:
         for i, args in enumerate(calls):
             yield i, function(*args)
@@ -298,11 +358,12 @@ def _completed(
     futures = {pool.submit(function, *args): i for i, args in enumerate(calls)}
     pending = set(futures)
     while pending:
-        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+        if poll is not None:
+            poll()
         for future in done:
             yield futures[future], future.result()
-        if not done:
-            bar.refresh()
+        bar.refresh()
 
 
 def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, list[float]]:
@@ -322,17 +383,22 @@ def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, l
 
 
 def run_distillations(
-    protocol: Protocol, dataset: Dataset, out: Path, pool: ProcessPoolExecutor | None, bar: tqdm, task_seconds: dict
+    protocol: Protocol, dataset: Dataset, out: Path, pool: ProcessPoolExecutor | None, bar: tqdm, task_seconds: dict,
+    queue: Any = None
 ) -> dict[str, list[DistilledData]]:
-    """Distil every source (its restarts batched), the costliest first; returns distilled[source]."""
+    """Distil every source (its restarts batched), the costliest first, the bar advancing with
+    every outer step (``queue``: where the pool's workers report them); returns distilled[source]."""
     archs = sources(protocol, dataset)
-    names = sorted(archs, key=lambda name: -distill_cost(protocol, dataset, archs[name]))
-    inner_bars = not bar.disable and pool is None
+    costs = {name: distill_cost(protocol, dataset, archs[name]) for name in archs}
+    names = sorted(archs, key=lambda name: -costs[name])
+    outer = protocol.outer_epochs * math.ceil(len(dataset.x_train) / protocol.batch_size)
+    progress = DistillProgress(bar, costs, outer, queue)
+    calls = [(protocol, name, out, False, progress.step if pool is None else None) for name in names]
     distilled = {}
-    for i, (data, seconds) in _completed(pool, distill_source, [(protocol, name, out, inner_bars) for name in names], bar):
+    for i, (data, seconds) in _completed(pool, distill_source, calls, bar, progress.poll):
         distilled[names[i]] = data
         task_seconds["distill"] = task_seconds.get("distill", 0.0) + seconds
-        bar.update(distill_cost(protocol, dataset, archs[names[i]]))
+        progress.finish(names[i])
     return {name: distilled[name] for name in archs}
 
 
@@ -418,9 +484,9 @@ def run(
         with phases("baseline", f"{len(protocol.archs)} architectures × {protocol.baseline_inits} full-data models"):
             baseline = run_baseline(protocol, dataset, bar)
         task_seconds["baseline"] = phases.seconds["baseline"]
-        with _pool(jobs) as pool:
+        with _pool(jobs) as (pool, queue):
             with phases("distill", count):
-                distilled = run_distillations(protocol, dataset, out, pool, bar, task_seconds)
+                distilled = run_distillations(protocol, dataset, out, pool, bar, task_seconds, queue)
             with phases("evaluate", f"{count} × {len(STRATEGIES)} strategies × {len(protocol.archs)} "
                         f"architectures × {protocol.eval_inits} test models"):
                 accuracies = run_evaluations(protocol, dataset, distilled, pool, bar, task_seconds)

@@ -24,16 +24,19 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from memdistill.distill.batching import Rows, hypergradients
+from memdistill.distill.batching import Rows, hypergradients, row_hypergradients
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.outer import INITS, THETA0, DivergedError, OuterState, balanced_labels
+from memdistill.distill.outer import INITS, THETA0, DivergedError, OuterState, balanced_labels, intra_op_threads
 from memdistill.distill.resume import Interrupted, data_hash, deferred_signals
+from memdistill.distill.training import mlp_rows, plain_mlp
+from memdistill.engine.hypergradient import make_step
 from memdistill.engine.planner import parse_memory
-from memdistill.engine.validation import METHODS
-from memdistill.models import fresh_model
+from memdistill.engine.steps.fused import SERIAL_WORK
+from memdistill.engine.validation import METHODS, check_offload
+from memdistill.models import MLP, fresh_model
 
 
 class Distiller:
@@ -54,6 +57,9 @@ class Distiller:
       snapshots: the engine's stored states for "checkpoint" (None: √n segments).
       memory: the engine's budget for stored states of one sweep (all the models of one
         architecture): bytes or a string such as "512MiB", "2GiB" (see :func:`memdistill.hypergradient`).
+      offload: where the engine's snapshots live beyond memory: None, "cpu" (host memory) or
+        "disk" (a two-level schedule with a memory-mapped file); same results (see
+        :func:`memdistill.hypergradient`). offload_dir: the directory of "disk"'s files (None: temp).
       compile: the generic step's products through ``torch.compile`` (ConvNets and other non-MLP
         models; compiled in the first outer step, then reused): pays for long runs only.
       dtype: floating dtype of x̃, η̃ and the models (float32, or float64 for exactness).
@@ -102,6 +108,8 @@ class Distiller:
         theta0: str = "random",
         memory: int | str | None = None,
         compile: bool = False,
+        offload: str | None = None,
+        offload_dir: str | None = None,
     ):
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
@@ -128,6 +136,11 @@ class Distiller:
         self.steps, self.epochs, self.per_class = steps, epochs, per_class
         self.method, self.momentum, self.snapshots = method, float(momentum), snapshots
         self.memory = parse_memory(memory, "Distiller")
+        try:
+            check_offload(offload, offload_dir, method)
+        except (ValueError, TypeError) as error:
+            raise type(error)(str(error).replace("hypergradient:", "Distiller:", 1)) from None
+        self.offload, self.offload_dir = offload, offload_dir
         self.compile = bool(compile)
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
@@ -135,6 +148,7 @@ class Distiller:
         if restarts is not None and (not isinstance(restarts, int) or restarts < 1):
             raise ValueError(f"Distiller: restarts must be None or an int >= 1, got {restarts!r}")
         self.restarts, self.data_parallel = restarts, bool(data_parallel)
+        self._cached: tuple | None = None  # _layout's answer, reused by every outer step
 
     def config(self, classes: int, in_shape: Sequence[int], outer_epochs: int, batch_size: int,
                outer_steps: int | None = None) -> dict:
@@ -176,6 +190,7 @@ class Distiller:
         save_every: int = 50,
         resume: bool = False,
         outer_steps: int | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> DistilledData | list[DistilledData]:
         """Distil (X, y) into s·b synthetic objects and s·e learning rates.
 
@@ -194,6 +209,8 @@ class Distiller:
           resume: continue from ``checkpoint`` if it exists (bit-identical to an uninterrupted
             run; a state saved on divergence may be continued with a lower ``outer_lr``); without
             it an existing checkpoint is an error, never silently overwritten.
+          on_step: called after every outer step with the number of outer steps taken (a
+            resumed run counts from where it was), e.g. to drive a progress bar of its own.
 
         Returns:
           :class:`memdistill.DistilledData` with x [s, b, *in_shape], y [s, b] (int64, or the
@@ -216,6 +233,7 @@ class Distiller:
         classes = int(y.max()) + 1
         config = self.config(classes, list(X.shape[1:]), outer_epochs, batch_size, outer_steps)
         state = self._initial_state(X, y, classes)
+        self._cached = None
         fingerprint = None if checkpoint is None else self._fingerprint(config, X, y)
         if checkpoint is not None and Path(checkpoint).exists():
             if not resume:
@@ -227,21 +245,25 @@ class Distiller:
                 total=total, initial=state.done, desc="distill", unit="step", leave=False,
                 disable=not self.progress) as bar:
             previous = None  # the snapshot before the last finite step (its Adam step led here)
+            threads = 1 if self._tiny(state.restarts, state.labels.shape[1]) else torch.get_num_threads()
             while state.done < total:
-                before = state.snapshot()
-                index = state.next_batch(batch_size).to(self.device)
-                try:
-                    losses = self._outer_step(state, X[index], y[index])
-                except DivergedError as error:
-                    last = before if previous is None else previous
-                    raise self._nothing_lost(error, state, last, config, checkpoint, fingerprint) from None
-                state.advance(losses)
+                with intra_op_threads(threads):
+                    before = state.snapshot()
+                    index = state.next_batch(batch_size).to(self.device)
+                    try:
+                        losses = self._outer_step(state, X[index], y[index])
+                    except DivergedError as error:
+                        last = before if previous is None else previous
+                        raise self._nothing_lost(error, state, last, config, checkpoint, fingerprint) from None
+                    state.advance(losses)
                 previous = before
                 saved = checkpoint is not None and (state.done % save_every == 0 or state.done == total)
                 if saved:
                     state.save(checkpoint, fingerprint)
                 bar.set_postfix(loss=f"{sum(losses) / state.restarts:.4f}", refresh=False)
                 bar.update()
+                if on_step is not None:
+                    on_step(state.done)
                 if (signum := self._any_rank(received())) is not None:
                     if not saved:
                         state.save(checkpoint, fingerprint)
@@ -268,14 +290,18 @@ class Distiller:
         m = len(self.archs)
         seeds = state.model_seeds(m)
         pairs = [(r, j) for r in range(R) for j in range(m)]
-        mine = self._my_pairs(pairs)
-        models = [fresh_model(self.archs[j], seeds[r][j], self.dtype).to(self.device) for r, j in mine]
-        rows = torch.tensor([r for r, _ in mine], device=self.device)
+        mine, rows, sweeps = self._layout(R)
+        inputs = (x_syn.detach()[rows], y_syn.detach()[rows], lrs.detach()[rows], x_real[rows], y_real[rows])
+        options = dict(momentum=self.momentum, method=self.method, snapshots=self.snapshots, memory=self.memory,
+                       offload=self.offload, offload_dir=self.offload_dir)
         try:
-            result = hypergradients(models, x_syn.detach()[rows], y_syn.detach()[rows], lrs.detach()[rows],
-                                    x_real[rows], y_real[rows], epochs=self.epochs, momentum=self.momentum,
-                                    method=self.method, snapshots=self.snapshots, memory=self.memory,
-                                    compile=self.compile)
+            if sweeps is None:
+                models = [fresh_model(self.archs[j], seeds[r][j], self.dtype).to(self.device) for r, j in mine]
+                result = hypergradients(models, *inputs, epochs=self.epochs, compile=self.compile, **options)
+            else:
+                batches = [(step, idx, mlp_rows(arch, [seeds[r][j] for r, j in group], self.dtype).to(self.device))
+                           for arch, group, step, idx in sweeps]
+                result = row_hypergradients(batches, *inputs, **options)
         except (FloatingPointError, OverflowError) as error:
             raise DivergedError(step=step, reason=f"the inner loop diverged ({error})") from None
         if len(mine) != len(pairs):
@@ -284,7 +310,8 @@ class Distiller:
         def per_restart(t: torch.Tensor) -> torch.Tensor:
             return torch.stack([t[r * m:(r + 1) * m].mean(0) for r in range(R)])
 
-        losses = [sum(float(v) for v in result.loss[r * m:(r + 1) * m]) / m for r in range(R)]
+        values = result.loss.tolist()
+        losses = [sum(values[r * m:(r + 1) * m]) / m for r in range(R)]
         grad_x, grad_lrs = per_restart(result.grad_x), per_restart(result.grad_lrs)
         grad_y = per_restart(result.grad_y) if y_syn.requires_grad else None
         grads = [g for g in (grad_x, grad_lrs, grad_y) if g is not None]
@@ -294,6 +321,39 @@ class Distiller:
         # chain rule through η̃ = softplus(ρ) and ỹ = sigmoid/softmax(logits) into ρ.grad, logits.grad
         torch.autograd.backward([lrs, y_syn][: len(grads) - 1], grads[1:])
         return losses
+
+    def _layout(self, R: int) -> tuple[list[tuple[int, int]], Tensor, list | None]:
+        """What every outer step of R restarts computes, found at the first step of a fit: this process's
+        (restart, model) pairs, their restarts as an index, and, when every arch is an MLP
+        (:func:`plain_mlp`), its sweeps: (MLP, its pairs, the Step, their rows [k]), one per
+        distinct MLP, whose θ0's :func:`mlp_rows` draws without building modules (None: build
+        the models, :func:`hypergradients` groups them)."""
+        if self._cached is not None:
+            return self._cached
+        mine = self._my_pairs([(r, j) for r in range(R) for j in range(len(self.archs))])
+        rows = torch.tensor([r for r, _ in mine], device=self.device)
+        mlps = [plain_mlp(arch) for arch in self.archs]
+        sweeps = None
+        if all(mlps):
+            groups: dict[MLP, list[int]] = {}
+            for i, (_, j) in enumerate(mine):
+                groups.setdefault(mlps[j], []).append(i)
+            sweeps = [(arch, [mine[i] for i in index],
+                       make_step(fresh_model(arch, 0, self.dtype).to(self.device), None, per_model=True,
+                                 compile=self.compile),
+                       torch.tensor(index, device=self.device)) for arch, index in groups.items()]
+        self._cached = (mine, rows, sweeps)
+        return self._cached
+
+    def _tiny(self, R: int, b: int) -> bool:
+        """Whether an outer step runs on one thread: on a CPU, every sweep the fused MLP step's, each
+        small enough (B · b · widest layer < SERIAL_WORK) that the step runs its inner steps on one
+        thread; then the real batch's products and the small ops around the engine (indexing,
+        Adam) are as tiny, and waking a second thread costs more than they do on a loaded CPU."""
+        sweeps = self._layout(R)[2]
+        return (self.device.type == "cpu" and sweeps is not None
+                and all(step.name == "fused" and len(idx) * b * step.widest < SERIAL_WORK
+                        for _, _, step, idx in sweeps))
 
     def _my_pairs(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The (restart, model) pairs this process computes: all, or its share under data_parallel."""

@@ -14,7 +14,8 @@ into the results that :class:`DivergedError` carries.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from memdistill.distill.distilled import DistilledData
 from memdistill.distill.resume import load_state, save_state
 
 __all__ = ["INITS", "LABEL_INIT", "THETA0", "Best", "DivergedError", "OuterState", "balanced_labels",
-           "inverse_softplus", "real_init", "soft_label_logits", "soft_labels_from_logits"]
+           "intra_op_threads", "inverse_softplus", "real_init", "soft_label_logits", "soft_labels_from_logits"]
 
 LABEL_INIT = 0.9
 INITS = ("noise", "real")
@@ -52,6 +53,20 @@ class DivergedError(FloatingPointError):
         super().__init__(message)
         self.step, self.reason, self.checkpoint = step, reason, checkpoint
         self.last, self.best = list(last), list(best)
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """The block with ``count`` torch intra-op threads, the count restored afterwards (nothing
+    changes when it already is ``count``)."""
+    threads = torch.get_num_threads()
+    if threads != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if threads != count:
+            torch.set_num_threads(threads)
 
 
 def balanced_labels(steps: int, per_class: int, classes: int) -> Tensor:
@@ -98,9 +113,16 @@ def soft_label_logits(labels: Tensor, outputs: int, dtype: torch.dtype) -> Tenso
     return torch.log(onehot * LABEL_INIT + (1 - onehot) * other)
 
 
+def per_restart(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """``fn`` applied to each restart's row ``t[r]`` on its own. Elementwise exp-like functions
+    (softplus, sigmoid) round by an element's position in torch's vector loops, so applying
+    them to the R rows at once would make restart r's bits depend on R."""
+    return torch.stack([fn(row) for row in t.unbind(0)])
+
+
 def soft_labels_from_logits(logits: Tensor, outputs: int) -> Tensor:
-    """sigmoid(u) for one output, softmax(u) over the last axis for C outputs."""
-    return torch.sigmoid(logits) if outputs == 1 else torch.softmax(logits, dim=-1)
+    """logits [R, s, b(, C)]: sigmoid(u) for one output, softmax(u) over the last axis for C outputs."""
+    return per_restart(torch.sigmoid, logits) if outputs == 1 else torch.softmax(logits, dim=-1)
 
 
 def _copy(value: Any) -> Any:
@@ -221,7 +243,7 @@ class OuterState:
 
     def lrs(self) -> Tensor:
         """η̃ = softplus(ρ) [R, n] (differentiable in ρ)."""
-        return nn.functional.softplus(self.rho)
+        return per_restart(nn.functional.softplus, self.rho)
 
     def y_syn(self) -> Tensor:
         """The synthetic labels [R, s, b(, C)]: the class ids, or the soft labels of the logits."""
@@ -308,7 +330,7 @@ class OuterState:
         marked, b = {**config, "diverged": True}, self.best
         y = self.labels.expand(self.restarts, *self.labels.shape) if b.logits is None else \
             soft_labels_from_logits(b.logits, self.outputs)
-        lrs = nn.functional.softplus(b.rho)
+        lrs = per_restart(nn.functional.softplus, b.rho)
         best = [self._data(r, b.x_syn, y, lrs, {**self._config(marked, r), "kept": "best", "outer_step": b.step[r],
                                                 "outer_loss": None if math.isinf(b.loss[r]) else b.loss[r]},
                            seed, self.history[r][:b.step[r] + 1])

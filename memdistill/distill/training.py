@@ -22,6 +22,7 @@ is the arithmetic of :func:`run_inner_loop` on the rows (:func:`run_inner_loop_r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 from memdistill.distill.distilled import DistilledData
 from memdistill.engine.hypergradient import make_step
 from memdistill.engine.steps.generic import GenericStep, default_loss
-from memdistill.models import fresh_model
+from memdistill.models import MLP, Arch, fresh_model
 
 STRATEGIES = ("none", "s1", "s2", "s3")
 
@@ -217,6 +218,35 @@ def run_inner_loop_rows(
 def stack_rows(step: GenericStep, models: Sequence[nn.Module]) -> torch.Tensor:
     """θ [B, P]: the trainable parameters of each model as a row (the step's layout)."""
     return torch.cat([step.flatten(model) for model in models])
+
+
+def plain_mlp(arch: Callable[[], nn.Module]) -> MLP | None:
+    """The :class:`~memdistill.models.MLP` that ``arch`` builds (itself, or an
+    :class:`~memdistill.models.Arch` resolved to one), or None."""
+    build = arch.build if isinstance(arch, Arch) else arch
+    return build if isinstance(build, MLP) else None
+
+
+def mlp_rows(arch: MLP, seeds: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """θ0 [B, P] in the layout of :meth:`GenericStep.flatten` (W_l row-major, then b_l, layer by
+    layer): row i has the bits of ``fresh_model(arch, seeds[i], dtype)``'s parameters, drawn
+    without building the module. Per layer, ``nn.Linear`` draws its default init (weight
+    [out, in], then bias [out]) that Xavier-uniform then overwrites (weight ~ U(−a, a) in
+    float32, bias 0), so the same float32 uniforms are drawn and the first two discarded."""
+    widths = (arch.in_features, *arch.hidden, arch.out_features)
+    layers = list(zip(widths[:-1], widths[1:]))
+    rows = torch.zeros(len(seeds), sum(o * i + o for i, o in layers))
+    generator = torch.Generator()
+    for row, seed in zip(rows, seeds):
+        generator.manual_seed(seed)
+        start = 0
+        for fan_in, fan_out in layers:
+            torch.empty(fan_out, fan_in).uniform_(generator=generator)
+            torch.empty(fan_out).uniform_(generator=generator)
+            bound = math.sqrt(3.0) * math.sqrt(2.0 / float(fan_in + fan_out))
+            row[start:start + fan_out * fan_in].uniform_(-bound, bound, generator=generator)
+            start += fan_out * fan_in + fan_out
+    return rows.to(dtype)
 
 
 def load_rows(step: GenericStep, theta: torch.Tensor, models: Sequence[nn.Module]) -> list[nn.Module]:
