@@ -100,6 +100,8 @@ def test_tiny_reproduce_writes_results_report_and_figures(tmp_path):
             "reproduce",
             "--out",
             str(tmp_path),
+            "--jobs",
+            "1",
             "--quick",
             "--sweeps",
             "--restarts",
@@ -157,7 +159,7 @@ def test_reproduce_results_do_not_depend_on_jobs(tmp_path):
         "2",
         *TINY,
     ]
-    main(["reproduce", "--out", str(tmp_path / "one"), *tiny])
+    main(["reproduce", "--out", str(tmp_path / "one"), "--jobs", "1", *tiny])
     main(["reproduce", "--out", str(tmp_path / "two"), "--jobs", "2", *tiny])
     one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
     assert (one["table1"], one["table2"]) == (two["table1"], two["table2"])
@@ -195,3 +197,10 @@ def test_csv_without_the_label_column(tmp_path, capsys):
     assert "label column 'class' not in" in capsys.readouterr().err
     main(["distill", "--data", str(path), "--label", "kind", "--out", str(tmp_path), *TINY])
     assert DistilledData.load(tmp_path / "distilled.safetensors").config["label"] == "kind"
+
+
+def test_reproduce_uses_the_cores_by_default(monkeypatch):
+    from memdistill.apps import cli
+    for cores, jobs in [(1, 1), (2, 2), (16, 4), (None, 1)]:
+        monkeypatch.setattr(cli.os, "cpu_count", lambda cores=cores: cores)
+        assert cli.build_parser().parse_args(["reproduce", "--out", "x"]).jobs == jobs

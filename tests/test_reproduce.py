@@ -97,7 +97,7 @@ def test_a_full_run_is_not_marked(tmp_path, monkeypatch):
 def test_cli_quick_marks_results_and_says_what_it_wrote(tmp_path, capsys):
     tiny = ["--restarts", "1", "--steps", "2", "--epochs", "1", "--outer-epochs", "1", "--batch-size", "500",
             "--eval-inits", "1", "--baseline-inits", "1", "--baseline-epochs", "2", "--total-epochs", "2"]
-    main(["reproduce", "--quick", "--out", str(tmp_path), "--no-progress", *tiny])
+    main(["reproduce", "--quick", "--out", str(tmp_path), "--no-progress", "--jobs", "1", *tiny])
     printed = capsys.readouterr().out
     assert "distill: 4 sources × 1 restarts in" in printed  # phase lines stay without the bar
     assert f"wrote {tmp_path / 'results.json'}" in printed and "quick run: not the reproduction" in printed

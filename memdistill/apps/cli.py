@@ -335,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "--jobs",
         type=COUNT,
-        default=1,
-        help="distillations run at once in separate processes (default 1; results do not depend on it)",
+        default=min(4, os.cpu_count() or 1),
+        help="distillations run at once in separate processes, one thread each (default: the CPU cores, at most "
+             "4, one per source; results do not depend on it)",
     )
     _add_options(repro, REPRODUCE_OPTIONS)
     _add_distill_options(repro, method=paper.method)
