@@ -7,6 +7,7 @@ from functools import cache
 
 import pytest
 
+from memdistill.engine import schedules
 from memdistill.engine.schedules import Action, Op, binomial, binomial_cost, periodic, reversible, simulate, store_all
 
 CODE = {Op.ADVANCE: "A", Op.STORE: "S", Op.RESTORE: "L", Op.FREE: "F", Op.RETREAT: "B", Op.REVERSE: "R"}
@@ -112,3 +113,17 @@ def test_bad_arguments(call, message):
 def test_simulate_rejects_invalid_schedules(actions, message):
     with pytest.raises(ValueError, match=message):
         simulate(actions, 1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30, 101])
+def test_lazy_schedules_are_the_lists(n):
+    """What the engine runs (generated on each iteration) equals the public list functions."""
+    cases = [("store-all", None, schedules.store_all(n)), ("periodic", None, schedules.periodic(n)),
+             ("reversible", None, schedules.reversible(n))]
+    cases += [("binomial", c, schedules.binomial(n, c)) for c in (1, 2, 5)]
+    for name, snapshots, actions in cases:
+        lazy = schedules.lazy(name, n, snapshots)
+        assert list(lazy) == actions and list(lazy) == actions  # iterable again
+        assert list(schedules.lazy(name, n, snapshots, level=1)) == schedules.relevel(actions, 1)
+    with pytest.raises(ValueError, match="lazy: unknown schedule 'revolve'"):
+        schedules.lazy("revolve", n)

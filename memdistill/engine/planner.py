@@ -134,23 +134,15 @@ class Plan:
 
 
 def schedule_of(method: str, n: int, snapshots: int | None,
-                offload: str | None = None) -> tuple[str, list[schedules.Action]]:
+                offload: str | None = None) -> tuple[str, schedules.Lazy]:
     """(schedule name, actions) of a stored-state method: replay, checkpoint or reversible;
     ``offload`` "cpu": the same on level 1, "disk": two-level with ``snapshots`` (None: ⌊√n⌋;
     replay: 0) in memory (see the module docstring)."""
     if offload == "disk":
         memory_slots = 0 if method == "replay" else snapshots if snapshots is not None else math.isqrt(n)
         return "two-level", schedules.two_level(n, memory_slots)
-    if offload == "cpu":
-        name, actions = schedule_of(method, n, snapshots)
-        return name, schedules.relevel(actions, 1)
-    if method == "replay":
-        return "store-all", schedules.store_all(n)
-    if method == "reversible":
-        return "reversible", schedules.reversible(n)
-    if snapshots is None:
-        return "periodic", schedules.periodic(n)
-    return "binomial", schedules.binomial(n, snapshots)
+    name = {"replay": "store-all", "reversible": "reversible"}.get(method, "periodic" if snapshots is None else "binomial")
+    return name, schedules.lazy(name, n, snapshots, level=1 if offload == "cpu" else 0)
 
 
 def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Callable[[int], int],

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 __all__ = [
     "Op", "Action", "ScheduleStats", "store_all", "periodic", "binomial", "reversible",
     "simulate", "binomial_cost", "max_stored", "relevel", "two_level", "two_level_cost", "two_level_slots",
-    "level_slots", "Lazy",
+    "level_slots", "Lazy", "lazy",
 ]
 
 
@@ -76,13 +77,15 @@ def store_all(n: int) -> list[Action]:
     Memory: n snapshots. Time: n forward steps (no recomputation).
     """
     _check_n(n)
-    acts: list[Action] = []
+    return list(_store_all(n))
+
+
+def _store_all(n: int) -> Iterator[Action]:
     for k in range(n):
-        acts += [Action(Op.STORE, k), Action(Op.ADVANCE, k)]
-    acts.append(Action(Op.REVERSE, n))
+        yield from (Action(Op.STORE, k), Action(Op.ADVANCE, k))
+    yield Action(Op.REVERSE, n)
     for k in reversed(range(n)):
-        acts += [Action(Op.RESTORE, k), Action(Op.REVERSE, k), Action(Op.FREE, k)]
-    return acts
+        yield from (Action(Op.RESTORE, k), Action(Op.REVERSE, k), Action(Op.FREE, k))
 
 
 def periodic(n: int, segment: int | None = None) -> list[Action]:
@@ -100,22 +103,24 @@ def periodic(n: int, segment: int | None = None) -> list[Action]:
     seg = segment if segment is not None else math.isqrt(length - 1) + 1
     if not isinstance(seg, int) or seg < 1:
         raise ValueError(f"periodic: segment must be an integer >= 1, got {segment!r}")
+    return list(_periodic(n, seg))
+
+
+def _periodic(n: int, seg: int) -> Iterator[Action]:
     last = (n // seg) * seg  # start of the segment that holds the outer loss (position n)
-    acts: list[Action] = []
     for k in range(n):
         if k % seg == 0 or k >= last:
-            acts.append(Action(Op.STORE, k))
-        acts.append(Action(Op.ADVANCE, k))
-    acts.append(Action(Op.REVERSE, n))
+            yield Action(Op.STORE, k)
+        yield Action(Op.ADVANCE, k)
+    yield Action(Op.REVERSE, n)
     for start in range(last, -1, -seg):
         end = min(start + seg, n)  # steps start .. end-1 are reversed in this segment
         if start != last:
-            acts.append(Action(Op.RESTORE, start))
+            yield Action(Op.RESTORE, start)
             for k in range(start, end - 1):
-                acts += [Action(Op.ADVANCE, k), Action(Op.STORE, k + 1)]
+                yield from (Action(Op.ADVANCE, k), Action(Op.STORE, k + 1))
         for k in reversed(range(start, end)):
-            acts += [Action(Op.RESTORE, k), Action(Op.REVERSE, k), Action(Op.FREE, k)]
-    return acts
+            yield from (Action(Op.RESTORE, k), Action(Op.REVERSE, k), Action(Op.FREE, k))
 
 
 def _beta(c: int, r: int) -> int:
@@ -169,7 +174,11 @@ def binomial(n: int, snapshots: int) -> list[Action]:
     """
     _check_n(n)
     _check_snapshots(snapshots)
-    acts: list[Action] = [Action(Op.STORE, 0)]
+    return list(_binomial(n, snapshots))
+
+
+def _binomial(n: int, snapshots: int) -> Iterator[Action]:
+    yield Action(Op.STORE, 0)
     # Work stack of pending tasks, executed last-in first-out. A segment task
     # (start, length, slots) means: current is at `start`, which is stored if length >= 2;
     # reverse steps start+length-1 ... start with `slots` snapshots (start's included).
@@ -177,28 +186,27 @@ def binomial(n: int, snapshots: int) -> list[Action]:
     while todo:
         task = todo.pop()
         if isinstance(task, Action):
-            acts.append(task)
+            yield task
             continue
         start, length, slots = task
         if length == 1:
-            acts.append(Action(Op.REVERSE, start))
+            yield Action(Op.REVERSE, start)
         elif slots == 1:  # no spare slot: recompute from start before each reverse step
             for j in reversed(range(length)):
                 if j != length - 1:
-                    acts.append(Action(Op.RESTORE, start))
-                acts += [Action(Op.ADVANCE, k) for k in range(start, start + j)]
-                acts.append(Action(Op.REVERSE, start + j))
+                    yield Action(Op.RESTORE, start)
+                yield from (Action(Op.ADVANCE, k) for k in range(start, start + j))
+                yield Action(Op.REVERSE, start + j)
         else:
             m = _split(length, slots)
-            acts += [Action(Op.ADVANCE, k) for k in range(start, start + m)]
+            yield from (Action(Op.ADVANCE, k) for k in range(start, start + m))
             later: list[tuple[int, int, int] | Action] = []
             if length - m >= 2:
-                acts.append(Action(Op.STORE, start + m))
+                yield Action(Op.STORE, start + m)
                 later.append(Action(Op.FREE, start + m))
             later += [Action(Op.RESTORE, start), (start, m, slots)]
             todo += reversed(later)
             todo.append((start + m, length - m, slots - 1))
-    return acts
 
 
 def reversible(n: int) -> list[Action]:
@@ -207,11 +215,14 @@ def reversible(n: int) -> list[Action]:
     Memory: no snapshots (the dynamics keeps the bits it cannot recompute). Time: 2n steps.
     """
     _check_n(n)
-    acts = [Action(Op.ADVANCE, k) for k in range(n)]
-    acts.append(Action(Op.REVERSE, n))
+    return list(_reversible(n))
+
+
+def _reversible(n: int) -> Iterator[Action]:
+    yield from (Action(Op.ADVANCE, k) for k in range(n))
+    yield Action(Op.REVERSE, n)
     for k in reversed(range(n)):
-        acts += [Action(Op.RETREAT, k), Action(Op.REVERSE, k)]
-    return acts
+        yield from (Action(Op.RETREAT, k), Action(Op.REVERSE, k))
 
 
 def relevel(actions: list[Action], level: int) -> list[Action]:
@@ -231,6 +242,26 @@ class Lazy:
 
     def __iter__(self):
         return iter(self.fn(*self.args))
+
+
+_GENERATORS = {"store-all": _store_all, "periodic": _periodic, "binomial": _binomial, "reversible": _reversible}
+
+
+def lazy(name: str, n: int, snapshots: int | None = None, level: int = 0) -> Lazy:
+    """The schedule ``name`` ("store-all", "periodic", "binomial", "reversible") for n steps as a
+    :class:`Lazy`: the actions of :func:`store_all`, :func:`periodic` (``snapshots`` unused),
+    :func:`binomial` (with ``snapshots``) or :func:`reversible`, made anew on each iteration, its
+    storage actions on ``level`` (:func:`relevel`). What the engine runs: a list of a long
+    schedule's actions would take more memory than its snapshots."""
+    _check_n(n)
+    if name not in _GENERATORS:
+        raise ValueError(f"lazy: unknown schedule {name!r}; it needs to be one of {list(_GENERATORS)}")
+    if name == "binomial":
+        _check_snapshots(snapshots)
+    args = {"periodic": (n, math.isqrt(n) + 1), "binomial": (n, snapshots)}.get(name, (n,))
+    if level == 0:
+        return Lazy(_GENERATORS[name], *args)
+    return Lazy(lambda: (Action(op, k, level if op in _STORAGE else 0) for op, k, _ in _GENERATORS[name](*args)))
 
 
 def _two_level_segment(start: int, length: int, snapshots: int, first: bool, inner: list[Action] | None):
