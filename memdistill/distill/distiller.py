@@ -346,13 +346,13 @@ class Distiller:
         return self._cached
 
     def _tiny(self, R: int, b: int) -> bool:
-        """Whether an outer step runs on one thread: on a CPU, every sweep the fused MLP step's, each
-        small enough (B · b · widest layer < SERIAL_WORK) that the step runs its inner steps on one
+        """Whether an outer step runs on one thread: on a CPU, every sweep the fused MLP step's (pure
+        PyTorch or the C++ op), each small enough (B · b · widest layer < SERIAL_WORK) for one
         thread; then the real batch's products and the small ops around the engine (indexing,
         Adam) are as tiny, and waking a second thread costs more than they do on a loaded CPU."""
         sweeps = self._layout(R)[2]
         return (self.device.type == "cpu" and sweeps is not None
-                and all(step.name == "fused" and len(idx) * b * step.widest < SERIAL_WORK
+                and all(step.name in ("fused", "cpp") and len(idx) * b * step.widest < SERIAL_WORK
                         for _, _, step, idx in sweeps))
 
     def _my_pairs(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
