@@ -2,9 +2,12 @@
 
 What users write themselves, and the reference every other method is tested against. It
 keeps every step's autograd graph alive until the backward pass; its stored bytes are the
-tensors autograd saved for backward, counted once per storage.
+tensors autograd saved for backward and still holds when the unroll ends, counted once per
+storage.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import Tensor
@@ -16,22 +19,30 @@ __all__ = ["autograd_unroll", "autograd_saved_bytes"]
 
 
 class _SavedBytes:
-    """saved_tensors_hooks that add up the distinct storages autograd keeps for backward."""
+    """saved_tensors_hooks that keep a weak reference to every tensor autograd saves;
+    :meth:`live_bytes` adds up the distinct storages still kept. A node freed during the unroll
+    (the first-order graph of a step's loss, once its gradient is taken) frees what it saved, and
+    the allocator may hand the address to a later tensor: counting storages as they are saved
+    would then depend on the allocator's history."""
 
     def __init__(self) -> None:
-        self.seen: set[int] = set()
-        self.total = 0
+        self.saved: list[weakref.ref] = []
 
     def pack(self, t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in self.seen:
-            self.seen.add(storage.data_ptr())
-            self.total += storage.nbytes()
+        self.saved.append(weakref.ref(t))
         return t
 
     @staticmethod
     def unpack(t: Tensor) -> Tensor:
         return t
+
+    def live_bytes(self) -> int:
+        storages = {}
+        for ref in self.saved:
+            if (t := ref()) is not None:
+                storage = t.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
 
 
 def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float) -> Sweep:
@@ -52,10 +63,11 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
                 v = momentum * v + g if momentum else g
                 theta = theta - lr[k] * v
             loss = step.loss(theta, data.x_real, data.y_real)
+        kept = saved.live_bytes()  # what the graph holds for the backward pass: its peak
         grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     return Sweep(loss.detach(), grads[0], grads[2], grads[1], grads[3] if len(grads) == 4 else None,
-                 forward_steps=n, peak_stored_bytes=saved.total)
+                 forward_steps=n, peak_stored_bytes=kept)
 
 
 def autograd_saved_bytes(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float, n: int) -> int:
