@@ -49,6 +49,7 @@ from memdistill.distill.evaluation import (
     train_full_many,
 )
 from memdistill.distill.training import STRATEGIES, train_many
+from memdistill.engine.threads import intra_op_threads
 from memdistill.models import MLP, mlp
 
 MIXED = "mixed"
@@ -277,12 +278,8 @@ def one_thread() -> Iterator[None]:
     """Run the block with one torch thread, then restore the count: the protocol's models are
     tiny, so intra-op threads only contend (on a loaded 2-core machine, 2 threads made the
     full-data baseline 15× slower in wall time), and every process of ``jobs`` > 1 runs one too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 _main_queue: Any = None

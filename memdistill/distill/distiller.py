@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 from memdistill.distill.batching import Rows, hypergradients, row_hypergradients
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.outer import INITS, THETA0, DivergedError, OuterState, balanced_labels, intra_op_threads
+from memdistill.distill.outer import INITS, THETA0, DivergedError, OuterState, balanced_labels
 from memdistill.distill.resume import Interrupted, data_hash, deferred_signals
 from memdistill.distill.training import mlp_rows, plain_mlp
 from memdistill.engine.hypergradient import make_step
 from memdistill.engine.planner import parse_memory
 from memdistill.engine.steps.fused import SERIAL_WORK
+from memdistill.engine.threads import intra_op_threads
 from memdistill.engine.validation import METHODS, check_offload
 from memdistill.models import MLP, fresh_model
 

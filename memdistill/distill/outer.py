@@ -14,8 +14,7 @@ into the results that :class:`DivergedError` carries.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from memdistill.distill.distilled import DistilledData
 from memdistill.distill.resume import load_state, save_state
 
 __all__ = ["INITS", "LABEL_INIT", "THETA0", "Best", "DivergedError", "OuterState", "balanced_labels",
-           "intra_op_threads", "inverse_softplus", "real_init", "soft_label_logits", "soft_labels_from_logits"]
+           "inverse_softplus", "real_init", "soft_label_logits", "soft_labels_from_logits"]
 
 LABEL_INIT = 0.9
 INITS = ("noise", "real")
@@ -53,20 +52,6 @@ class DivergedError(FloatingPointError):
         super().__init__(message)
         self.step, self.reason, self.checkpoint = step, reason, checkpoint
         self.last, self.best = list(last), list(best)
-
-
-@contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """The block with ``count`` torch intra-op threads, the count restored afterwards (nothing
-    changes when it already is ``count``)."""
-    threads = torch.get_num_threads()
-    if threads != count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        if threads != count:
-            torch.set_num_threads(threads)
 
 
 def balanced_labels(steps: int, per_class: int, classes: int) -> Tensor:

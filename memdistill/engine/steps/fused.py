@@ -39,13 +39,13 @@ which takes a matrix-vector path for a single row or column, and B > 1 to gemm_b
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from memdistill.engine.steps.generic import GenericStep
+from memdistill.engine.threads import intra_op_threads
 
 __all__ = ["FusedMLPStep", "SERIAL_WORK", "is_plain_mlp", "mlp_layers"]
 
@@ -54,8 +54,6 @@ SERIAL_WORK = 1 << 16
 # r·k·n below which torch's CPU bmm multiplies each [r, k]·[k, n] in its own loop, the same for
 # every B (aten's bmm_out_or_baddbmm_); from it on, BLAS (see "Rows" above).
 BMM_LOOP_BELOW = 400
-
-T = TypeVar("T")
 
 
 def is_plain_mlp(model: nn.Module) -> bool:
@@ -94,16 +92,6 @@ def _two(theta: Tensor, x: Tensor, y: Tensor, *w: Tensor) -> tuple[Tensor, ...]:
     """The one row of θ [1, P] (and w) twice, with its batch, shared or its own, as one per row."""
     item = slice(0 if x.dim() == 2 else 1, None)      # the batch's shape without a row axis
     return theta.expand(2, -1), x.expand(2, *x.shape[item]), y.expand(2, *y.shape[item]), *(t.expand(2, -1) for t in w)
-
-
-def _one_thread(fn: Callable[..., T], *args) -> T:
-    """fn(*args) with torch's intra-op threads set to 1, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class FusedMLPStep(GenericStep):
@@ -206,7 +194,8 @@ class FusedMLPStep(GenericStep):
             loss, grad = self.value_and_grad(*_two(theta, x, y))
             return loss[:1], grad[:1]
         if self._serial(theta, x):
-            return _one_thread(self._value_and_grad, theta, x, y)
+            with intra_op_threads(1):
+                return self._value_and_grad(theta, x, y)
         return self._value_and_grad(theta, x, y)
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -216,7 +205,8 @@ class FusedMLPStep(GenericStep):
             first = slice(0, 1) if x.dim() == 3 else 0      # a shared batch's terms: row 0's alone
             return g[:1], hw[:1], dx[first], None if dy is None else dy[first]
         if self._serial(theta, x):
-            return _one_thread(self._reverse, theta, x, y, w)
+            with intra_op_threads(1):
+                return self._reverse(theta, x, y, w)
         return self._reverse(theta, x, y, w)
 
     def _value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
