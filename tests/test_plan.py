@@ -237,3 +237,27 @@ def test_job_file_memory_key(tmp_path):
     assert jobfile.parse("[[jobs]]\nmemory = 4096\n", tmp_path / "job.toml").configs[0].memory == 4096
     with pytest.raises(ValueError, match=r"jobs\[0\]\.memory: memory must be a positive number of bytes"):
         jobfile.parse('[[jobs]]\nmemory = "lots"\n', tmp_path / "job.toml")
+
+
+def test_profile_offload_plans_and_measures_each_level(tmp_path, capsys):
+    """--offload: --plan shows each level's bytes as md.plan predicts them; a measured row runs with
+    the offloaded plan (its CSV says where) and stores in memory what that plan predicted."""
+    import csv
+
+    from memdistill.apps import profiling
+    from memdistill.apps.cli import main
+
+    assert main(["profile", "--plan", "--n", "400", "--methods", "autograd,checkpoint", "--width", "8",
+                 "--depth", "1", "--offload", "disk"]) == 0
+    out = capsys.readouterr().out
+    problem = profiling.make_problem(None, width=8, depth=1)
+    planned = md.plan(*problem.build(40, 10), epochs=10, momentum=0.9, method="checkpoint", offload="disk")
+    memory, disk = (nbytes / profiling.MiB for _, nbytes in planned.levels)
+    assert f"| checkpoint | 400 | checkpoint/two-level({planned.snapshots}) |" in out
+    assert f"| memory {memory:.4g}, disk {disk:.4g} |" in out and disk > 0
+    assert "| autograd | 400 | autograd/autograd |" in out           # no snapshots: planned without offload
+    assert main(["profile", "--n", "40", "--methods", "checkpoint", "--width", "8", "--depth", "1",
+                 "--offload", "disk", "--out", str(tmp_path)]) == 0
+    (row,) = csv.DictReader((tmp_path / "profile.csv").open())
+    assert row["offload"] == "disk" and row["plan"].startswith("checkpoint/two-level")
+    assert row["peak_stored_bytes"] == row["predicted_peak_bytes"]

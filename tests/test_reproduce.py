@@ -104,6 +104,22 @@ def test_cli_quick_marks_results_and_says_what_it_wrote(tmp_path, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["quick"] is True
 
 
+def test_memory_budget_reaches_every_distillation(tmp_path, capsys):
+    """--memory: the protocol's budget is the engine's: auto then plans within it (stats say so), and
+    the protocol's replay over it is refused, naming the budget."""
+    dataset = load_dataset("moons")
+    archs = reproduce.sources(reproduce.Protocol(), dataset)["2-layer"]
+    ran = reproduce.distill(reproduce.Protocol(**TINY, method="auto", memory=4096), dataset, archs, 0, progress=False)
+    assert ran.config["memory"] == 4096 and ran.config["method"] == "auto"
+    with pytest.raises(ValueError, match=r"method='replay' stores .* over memory=0.0 MiB \(1,024 bytes\)"):
+        reproduce.distill(reproduce.Protocol(**TINY, memory=1024), dataset, archs, 0, progress=False)
+    tiny = ["--restarts", "1", "--steps", "2", "--epochs", "1", "--outer-epochs", "1", "--batch-size", "500",
+            "--eval-inits", "1", "--baseline-inits", "1", "--baseline-epochs", "2", "--total-epochs", "2"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", "--quick", "--out", str(tmp_path), "--no-progress", "--jobs", "1", "--memory", "1KiB", *tiny])
+    assert exit_.value.code == 1 and "over memory=0.0 MiB (1,024 bytes)" in capsys.readouterr().err
+
+
 def _distill_updates(protocol, tmp_path, monkeypatch, queue=None):
     """The bar's updates while run_distillations distils every source of ``protocol`` in this process
     (``queue``: reported as a pool worker does, through reproduce's queue, and polled)."""

@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_options(repro, REPRODUCE_OPTIONS)
     _add_distill_options(repro, method=paper.method)
+    repro.add_argument("--memory", type=_memory, help=MEMORY_HELP + f" (default: none; the protocol's "
+                       f"{paper.method} stores a few MiB)")
 
     jobs = commands.add_parser(
         "batch",
@@ -382,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "rows; with --plan every method is checked against it")
     prof.add_argument("--plan", action="store_true",
                       help="print what each (method, n) would store and recompute (md.plan), without running it")
+    prof.add_argument("--offload", choices=["cpu", "disk"],
+                      help="a second storage level for the snapshots of replay, checkpoint and auto: host memory "
+                      "(cpu, with a GPU) or files in the temporary folder (disk); --plan shows the bytes on each level")
     prof.add_argument("--arch", help=ARCH_HELP + " (default: the MLP of --width and --depth)")
     prof.add_argument("--width", type=COUNT, help="hidden width of the default MLP (default 256)")
     prof.add_argument("--depth", type=COUNT, help="hidden layers of the default MLP (default 3: the paper's 4-layer MLP)")
@@ -608,19 +613,20 @@ def cmd_profile(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     if args.plan:
         plans = profiling.plan_rows(args.n, args.methods, momentum=args.momentum, device=args.device,
-                                    problem=problem, memory=args.memory)
+                                    problem=problem, memory=args.memory, offload=args.offload)
         print(f"plan: {problem.describe()}, momentum {args.momentum}, on {args.device}, nothing run")
         print(profiling.format_plan(plans))
         return
     args.out.mkdir(parents=True, exist_ok=True)   # fail before measuring, not after
-    print(f"profile: {problem.describe()}, momentum {args.momentum}, on {args.device}")
+    offload = f", snapshots of {','.join(profiling.OFFLOADING)} offloaded to {args.offload}" if args.offload else ""
+    print(f"profile: {problem.describe()}, momentum {args.momentum}, on {args.device}{offload}")
     points = len(args.n) * len(args.methods)
     with tqdm(total=points, desc="profile", unit="point") as bar:
         def seen(row: dict) -> None:
             bar.set_postfix_str(f"{row['method']} n={row['n']}" + (" skipped" if row["skipped"] else ""))
             bar.update()
         rows = profiling.profile(args.n, args.methods, momentum=args.momentum, device=args.device,
-                                 on_row=seen, problem=problem, memory=args.memory)
+                                 on_row=seen, problem=problem, memory=args.memory, offload=args.offload)
     csv_path = profiling.write_csv(rows, args.out / "profile.csv")
     png_path = profiling.plot_profile(rows, args.out / "profile.png")
     print(profiling.format_table(rows))

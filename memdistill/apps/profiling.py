@@ -39,12 +39,16 @@ RESOLUTION = MiB
 """Peak-RSS growth below this is not resolved: a small run fits in the heap the warm-up freed."""
 FIELDS = ["method", "n", "width", "depth", "momentum", "device", "peak_bytes", "seconds",
           "peak_stored_bytes", "forward_steps", "skipped",
-          "arch", "in_shape", "classes", "batch", "real_batch", "data", "predicted_peak_bytes", "plan"]
+          "arch", "in_shape", "classes", "batch", "real_batch", "data", "predicted_peak_bytes", "plan", "offload"]
 """CSV columns: the first eleven are the original ones (``width``/``depth`` empty for an
 architecture given by name); ``in_shape`` is written like ``3x32x32``, ``batch`` is b = objects
 per synthetic step, ``data`` a data set name or ``random``; ``predicted_peak_bytes`` is the
 planner's prediction of ``peak_stored_bytes`` (the measured one), ``plan`` what ran
-(``checkpoint/binomial(60)``: method/schedule(snapshots))."""
+(``checkpoint/binomial(60)``: method/schedule(snapshots)), ``offload`` its second storage level
+("cpu", "disk" or empty)."""
+
+OFFLOADING = ("replay", "checkpoint", "auto")
+"""The methods that store snapshots and so take ``offload``; the others run without it."""
 
 MAX_STEPS = 40
 """A point with n inner steps runs s = gcd(n, 40) synthetic batches for n / s epochs."""
@@ -286,11 +290,13 @@ def _plan_name(plan: Any) -> str:
 
 def measure(method: str, n: int, width: int = 256, depth: int = 3, momentum: float = 0.9,
             snapshots: int | None = None, threads: int = 1, device: str = "cpu",
-            problem: Problem | None = None, memory: int | None = None) -> dict[str, Any]:
+            problem: Problem | None = None, memory: int | None = None,
+            offload: str | None = None) -> dict[str, Any]:
     """One hypergradient with n inner steps: s = gcd(n, 40) synthetic batches, n / s epochs.
 
     ``problem`` None: the default MLP of ``width`` and ``depth`` (:func:`mlp_problem`);
-    ``memory``: the budget of :func:`memdistill.hypergradient` (bytes).
+    ``memory``, ``offload``: as :func:`memdistill.hypergradient` takes them (bytes; "cpu" | "disk",
+    files in the temporary directory).
     """
     from memdistill.engine.hypergradient import hypergradient
 
@@ -303,16 +309,16 @@ def measure(method: str, n: int, width: int = 256, depth: int = 3, momentum: flo
     # Warm-up with one epoch: allocator pools and autograd's workspaces are a fixed cost, not
     # what the method stores for n steps.
     hypergradient(*args[:3], args[3][:steps], *args[4:], momentum=momentum, method=method, snapshots=snapshots,
-                  memory=memory)
+                  memory=memory, offload=offload)
     _synchronize(device)
     before = _peak_memory(device)
     start = time.perf_counter()
     hg = hypergradient(*args, epochs=n // steps, momentum=momentum, method=method, snapshots=snapshots,
-                       memory=memory)
+                       memory=memory, offload=offload)
     _synchronize(device)
     seconds = time.perf_counter() - start
     return {"method": method, "n": n, **problem.columns(), "momentum": momentum, "device": device,
-            "peak_bytes": _peak_memory(device) - before, "seconds": seconds,
+            "offload": offload or "", "peak_bytes": _peak_memory(device) - before, "seconds": seconds,
             "peak_stored_bytes": hg.stats["peak_stored_bytes"], "forward_steps": hg.stats["forward_steps"],
             "skipped": "", "predicted_peak_bytes": hg.stats["predicted_peak_bytes"],
             "plan": _plan_name(hg.stats["plan"])}
@@ -336,14 +342,16 @@ def available_memory() -> int:
 def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, depth: int = 3,
             momentum: float = 0.9, device: str = "cpu", budget: float = 0.6,
             on_row: Callable[[dict[str, Any]], None] | None = None,
-            problem: Problem | None = None, memory: int | None = None) -> list[dict[str, Any]]:
+            problem: Problem | None = None, memory: int | None = None,
+            offload: str | None = None) -> list[dict[str, Any]]:
     """Measure every (method, n), smallest n first; skip a point whose memory, extrapolated
     linearly from the method's last measured point, exceeds ``budget`` of the available memory.
 
     ``problem`` (see :func:`make_problem`) None: the default MLP of ``width`` and ``depth``.
     Linear extrapolation is an upper bound for the sublinear methods and exact in the limit
     for autograd and replay. ``on_row`` sees each row as soon as it exists (progress).
-    ``memory``: the budget (bytes) of the "auto" rows (the other methods run as asked).
+    ``memory``: the budget (bytes) of the "auto" rows (the other methods run as asked);
+    ``offload``: the second storage level ("cpu" | "disk") of the rows of :data:`OFFLOADING`.
     """
     problem = problem if problem is not None else Problem(width=width, depth=depth)
     rows = []
@@ -358,9 +366,11 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
                        "device": device, "skipped": f"needs ~{need / 2**30:.1f} GiB (extrapolated from "
                        f"n={last['n']}), over {budget:.0%} of the {limit / budget / 2**30:.1f} GiB available"}
             elif device.startswith("cuda"):
-                row = last = measure(method, n, momentum=momentum, device=device, problem=problem, memory=budget_of)
+                row = last = measure(method, n, momentum=momentum, device=device, problem=problem, memory=budget_of,
+                                     offload=offload if method in OFFLOADING else None)
             else:
-                row = last = measure_in_fresh_process(method, n, momentum=momentum, problem=problem, memory=budget_of)
+                row = last = measure_in_fresh_process(method, n, momentum=momentum, problem=problem, memory=budget_of,
+                                                      offload=offload if method in OFFLOADING else None)
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -368,9 +378,12 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
 
 
 def plan_rows(ns: Sequence[int], methods: Sequence[str], *, momentum: float = 0.9, device: str = "cpu",
-              problem: Problem | None = None, memory: int | None = None) -> list[dict[str, Any]]:
+              problem: Problem | None = None, memory: int | None = None,
+              offload: str | None = None) -> list[dict[str, Any]]:
     """:func:`memdistill.plan` for every (method, n) of a profile, in this process, nothing unrolled
-    (autograd's prediction runs one and two steps). A method over ``memory`` gets its error as ``plan``."""
+    (autograd's prediction runs one and two steps). A method over ``memory`` gets its error as ``plan``;
+    with ``offload`` ("cpu" | "disk"; the rows of :data:`OFFLOADING`) each row's ``levels`` holds the
+    plan's bytes per storage level."""
     from memdistill.engine.hypergradient import plan
 
     problem = problem if problem is not None else Problem()
@@ -381,24 +394,29 @@ def plan_rows(ns: Sequence[int], methods: Sequence[str], *, momentum: float = 0.
             args = problem.build(steps, n // steps, device=device)
             row = {"method": method, "n": n, **problem.columns(), "momentum": momentum, "device": device}
             try:
-                p = plan(*args, epochs=n // steps, momentum=momentum, method=method, memory=memory)
+                p = plan(*args, epochs=n // steps, momentum=momentum, method=method, memory=memory,
+                         offload=offload if method in OFFLOADING else None)
             except ValueError as error:
                 rows.append({**row, "plan": str(error).removeprefix("hypergradient: ")})
                 continue
             rows.append({**row, "plan": _plan_name(p), "predicted_peak_bytes": p.predicted_peak_bytes,
-                         "forward_steps": p.forward_steps})
+                         "forward_steps": p.forward_steps, "levels": dict(p.levels)})
     return rows
 
 
 def format_plan(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of :func:`plan_rows`."""
-    lines = ["| method | n | plan | predicted stored (MiB) | forward steps |", "|---|---:|---|---:|---:|"]
+    """Markdown table of :func:`plan_rows`; rows planned with offload get a column of predicted
+    MiB per storage level (e.g. ``memory 12.5, disk 310``)."""
+    levels = any(len(r.get("levels", {})) > 1 for r in rows)
+    extra = (" predicted per level (MiB) |", "---|") if levels else ("", "")
+    lines = [f"| method | n | plan | predicted stored (MiB) | forward steps |{extra[0]}", f"|---|---:|---|---:|---:|{extra[1]}"]
     for r in rows:
         if "predicted_peak_bytes" not in r:
-            lines.append(f"| {r['method']} | {r['n']} | {r['plan']} | | |")
+            lines.append(f"| {r['method']} | {r['n']} | {r['plan']} | | |" + (" |" if levels else ""))
             continue
+        per_level = ", ".join(f"{name} {nbytes / MiB:.4g}" for name, nbytes in r["levels"].items())
         lines.append(f"| {r['method']} | {r['n']} | {r['plan']} | {r['predicted_peak_bytes'] / MiB:.4g} | "
-                     f"{r['forward_steps']:,} |")
+                     f"{r['forward_steps']:,} |" + (f" {per_level} |" if levels else ""))
     return "\n".join(lines)
 
 

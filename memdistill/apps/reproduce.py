@@ -69,6 +69,7 @@ class Protocol:
     outer_epochs: int = 50
     batch_size: int = 64
     method: str = "replay"  # same bits as the paper's checkpointing; the protocol's 30 tiny models store little
+    memory: int | None = None  # the engine's budget in bytes for one sweep's stored states (--memory)
     momentum: float = 0.0
     init_lr: float = 0.02
     outer_lr: float = 0.01
@@ -144,6 +145,7 @@ def distill(
         epochs=epochs or protocol.epochs,
         per_class=protocol.per_class,
         method=protocol.method,
+        memory=protocol.memory,
         momentum=protocol.momentum,
         init_lr=protocol.init_lr,
         outer_lr=protocol.outer_lr,
