@@ -127,3 +127,20 @@ def test_lazy_schedules_are_the_lists(n):
         assert list(schedules.lazy(name, n, snapshots, level=1)) == schedules.relevel(actions, 1)
     with pytest.raises(ValueError, match="lazy: unknown schedule 'revolve'"):
         schedules.lazy("revolve", n)
+
+
+
+@pytest.mark.parametrize("name, n, snapshots, level", [("periodic", 37, None, 0), ("binomial", 50, 4, 0),
+                                                       ("store-all", 9, None, 1), ("reversible", 12, None, 0)])
+def test_counts_of_a_lazy_schedule_are_simulated_once_and_equal_its_list(name, n, snapshots, level, monkeypatch):
+    listed = schedules.relevel({"periodic": lambda: periodic(n), "binomial": lambda: binomial(n, snapshots),
+                                "store-all": lambda: store_all(n), "reversible": lambda: reversible(n)}[name](), level)
+    stats = simulate(listed, n)
+    simulated = []
+    monkeypatch.setattr(schedules, "simulate", lambda actions, n: simulated.append(n) or simulate(actions, n))
+    schedules._COUNTS.clear()
+    for _ in range(3):   # one sweep per outer step of a distillation: the same schedule each time
+        found = schedules.counts(schedules.lazy(name, n, snapshots, level), n)
+    assert simulated == [n]
+    assert found == schedules.Counts(stats.forward_steps, stats.max_stored, stats.level_max_stored)
+    assert schedules.counts(listed, n) == found and simulated == [n, n]   # a list is checked every time

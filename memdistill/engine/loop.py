@@ -15,7 +15,7 @@ from torch import Tensor
 
 from memdistill.engine.dynamics import Adjoint, State, reverse_step
 from memdistill.engine.pool import Pool
-from memdistill.engine.schedules import Action, Op, level_slots
+from memdistill.engine.schedules import Action, Op, counts, level_slots
 from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["Data", "Dynamics", "Sweep", "run"]
@@ -63,7 +63,7 @@ def run(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: 
     n, s = lrs.shape[0], data.x_syn.shape[0]
     state = dynamics.start(theta0)
     stored: list[Pool] = []
-    slots = level_slots(actions)
+    slots = counts(actions, n).levels if getattr(actions, "key", None) is not None else level_slots(actions)
     if len(slots) > 1 + len(levels):
         raise ValueError(f"run: the schedule stores on level {len(slots) - 1} but only levels 0..{len(levels)} have pools")
     try:

@@ -158,7 +158,7 @@ def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Ca
         peak = stack_bytes(n, sizes.rows * sizes.params, sizes.momentum)
         return Plan("reversible", None, "reversible", peak, 2 * n, n, memory, why)
     name, actions = schedule_of(method, n, snapshots)
-    stats = schedules.simulate(actions, n)
+    stats = schedules.counts(actions, n)
     peak = stats.max_stored * sizes.state_bytes
     return offload_plan(Plan(method, snapshots if name == "binomial" else None, name,
                              peak, stats.forward_steps, n, memory, why, None, (("memory", peak),)), sizes, offload)

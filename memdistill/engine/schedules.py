@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 __all__ = [
     "Op", "Action", "ScheduleStats", "store_all", "periodic", "binomial", "reversible",
     "simulate", "binomial_cost", "max_stored", "relevel", "two_level", "two_level_cost", "two_level_slots",
-    "level_slots", "Lazy", "lazy",
+    "level_slots", "Lazy", "lazy", "Counts", "counts",
 ]
 
 
@@ -235,13 +235,41 @@ _STORAGE = (Op.STORE, Op.RESTORE, Op.FREE)
 
 class Lazy:
     """A schedule generated on each iteration (``fn(*args)``), never held whole: a schedule of 10⁶
-    steps is millions of actions, which as a list would take more memory than the snapshots."""
+    steps is millions of actions, which as a list would take more memory than the snapshots.
+    ``key``: hashable, equal for equal schedules (:func:`counts` remembers their counts)."""
 
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
+    def __init__(self, fn, *args, key: tuple | None = None):
+        self.fn, self.args, self.key = fn, args, key
 
     def __iter__(self):
         return iter(self.fn(*self.args))
+
+
+class Counts(NamedTuple):
+    """What a sweep needs to know of a schedule before running it (see :func:`counts`)."""
+    forward_steps: int          # ADVANCE + RETREAT actions
+    max_stored: int             # most snapshots held at one time, all levels
+    levels: tuple[int, ...]     # most snapshots held at one time on each level 0, 1, … (the pools' slots)
+
+
+_COUNTS: dict[tuple, Counts] = {}
+_COUNTS_KEPT = 256
+
+
+def counts(actions: Iterable[Action], n: int) -> Counts:
+    """:func:`simulate`'s counts of a schedule for n steps (which checks it); those of a keyed
+    :class:`Lazy` (this module's generators) are remembered, so that a sweep repeated with the same
+    schedule — every outer step of a distillation — generates its actions once, not three times."""
+    key = getattr(actions, "key", None)
+    if key is not None and (key, n) in _COUNTS:
+        return _COUNTS[key, n]
+    stats = simulate(actions, n)
+    found = Counts(stats.forward_steps, stats.max_stored, stats.level_max_stored)
+    if key is not None:
+        if len(_COUNTS) >= _COUNTS_KEPT:
+            _COUNTS.clear()
+        _COUNTS[key, n] = found
+    return found
 
 
 _GENERATORS = {"store-all": _store_all, "periodic": _periodic, "binomial": _binomial, "reversible": _reversible}
@@ -259,9 +287,11 @@ def lazy(name: str, n: int, snapshots: int | None = None, level: int = 0) -> Laz
     if name == "binomial":
         _check_snapshots(snapshots)
     args = {"periodic": (n, math.isqrt(n) + 1), "binomial": (n, snapshots)}.get(name, (n,))
+    key = (name, *args, level)
     if level == 0:
-        return Lazy(_GENERATORS[name], *args)
-    return Lazy(lambda: (Action(op, k, level if op in _STORAGE else 0) for op, k, _ in _GENERATORS[name](*args)))
+        return Lazy(_GENERATORS[name], *args, key=key)
+    return Lazy(lambda: (Action(op, k, level if op in _STORAGE else 0) for op, k, _ in _GENERATORS[name](*args)),
+                key=key)
 
 
 def _two_level_segment(start: int, length: int, snapshots: int, first: bool, inner: list[Action] | None):
@@ -309,7 +339,7 @@ def two_level(n: int, snapshots: int) -> Lazy:
     _check_n(n)
     if not isinstance(snapshots, int) or snapshots < 0:
         raise ValueError(f"two_level: snapshots must be an integer >= 0, got {snapshots!r}")
-    return Lazy(_two_level, n, snapshots)
+    return Lazy(_two_level, n, snapshots, key=("two-level", n, snapshots))
 
 
 def two_level_cost(n: int, snapshots: int) -> int:
@@ -361,6 +391,11 @@ def level_slots(actions: list[Action]) -> tuple[int, ...]:
     return tuple(peak.get(level, 0) for level in range(max(peak, default=0) + 1))
 
 
+def _where(i: int, op: Op, k: int, level: int) -> str:
+    """Action i of a schedule, for an error message (built only on error: it costs more than the check)."""
+    return f"schedule action {i} ({op.value} {k}{f' level {level}' if level else ''})"
+
+
 def simulate(actions: list[Action], n: int) -> ScheduleStats:
     """Execute a schedule on positions only; raise ValueError at the first invalid action.
 
@@ -375,14 +410,13 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
     forward = peak = 0
     order: list[int] = []
     for i, (op, k, level) in enumerate(actions):
-        where = f"schedule action {i} ({op.value} {k}{f' level {level}' if level else ''})"
         if op in (Op.ADVANCE, Op.STORE, Op.REVERSE) and current != k:
-            raise ValueError(f"{where}: current state is at {current}")
+            raise ValueError(f"{_where(i, op, k, level)}: current state is at {current}")
         if op is Op.ADVANCE:
             current, forward = k + 1, forward + 1
         elif op is Op.RETREAT:
             if current != k + 1:
-                raise ValueError(f"{where}: current state is at {current}")
+                raise ValueError(f"{_where(i, op, k, level)}: current state is at {current}")
             current, forward = k, forward + 1
         elif op is Op.STORE:
             if k in stored:
@@ -393,7 +427,7 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
             peak = max(peak, len(stored))
         elif op in (Op.RESTORE, Op.FREE):
             if stored.get(k) != level:
-                raise ValueError(f"{where}: no state is stored there"
+                raise ValueError(f"{_where(i, op, k, level)}: no state is stored there"
                                  f"{f' (it is on level {stored[k]})' if k in stored else ''}")
             if op is Op.RESTORE:
                 current = k
@@ -403,7 +437,7 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
         elif op is Op.REVERSE:
             expected = n - len(order)
             if k != expected:
-                raise ValueError(f"{where}: expected reverse step {expected}")
+                raise ValueError(f"{_where(i, op, k, level)}: expected reverse step {expected}")
             order.append(k)
     if len(order) != n + 1:
         raise ValueError(f"schedule reverses {len(order)} steps, expected {n + 1}")
