@@ -175,9 +175,11 @@ def rows_problem(sizes: list[int], b: int, dtype: torch.dtype, labels: str, per_
 
 def row_products(step: FusedMLPStep, theta, w, x, y, rows: slice, per_model: bool) -> list[list[Tensor]]:
     """For each row of θ[rows] computed in one call: [loss, grad, g, Hw] and, with one batch per
-    model, (∂g/∂x)ᵀw and (∂g/∂y)ᵀw (a shared batch's are sums over the rows)."""
+    model, (∂g/∂x)ᵀw and (∂g/∂y)ᵀw (a shared batch's are sums over the rows); ``step.grad`` is
+    checked to equal value_and_grad's gradient on the way."""
     x, y = (x[rows], y[rows]) if per_model else (x, y)
     loss, grad = step.value_and_grad(theta[rows], x, y)
+    assert torch.equal(step.grad(theta[rows], x, y), grad), "grad without the losses differs from value_and_grad's"
     g, hw, dx, dy = step.reverse(theta[rows], x, y, w[rows])
     out = [loss, grad, g, hw] + ([dx] + ([] if dy is None else [dy]) if per_model else [])
     return [[t[j] for t in out] for j in range(len(loss))]

@@ -195,10 +195,10 @@ def train_full_rows(
     with torch.no_grad():
         for batches in orders:
             if batch_size is None:
-                grads = step.value_and_grad(theta, x[batches[0].to(device)], y[batches[0].to(device)])[1]
+                grads = step.grad(theta, x[batches[0].to(device)], y[batches[0].to(device)])
             else:
                 index = torch.stack(batches).to(device)
-                grads = step.value_and_grad(theta, x[index], y[index])[1]
+                grads = step.grad(theta, x[index], y[index])
             if momentum:
                 velocity = grads.clone() if velocity is None else velocity.mul_(momentum).add_(grads)
                 grads = velocity

@@ -209,7 +209,7 @@ def run_inner_loop_rows(
     with torch.no_grad():
         for k, lr in enumerate(lrs.tolist()):
             batch = k % x.shape[0]
-            grads = step.value_and_grad(theta, x[batch], y[batch])[1]
+            grads = step.grad(theta, x[batch], y[batch])
             velocity.mul_(momentum).add_(grads)
             theta.sub_(lr * velocity)
     return theta

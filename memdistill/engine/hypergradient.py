@@ -155,7 +155,7 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
         return chosen, autograd_unroll(step, data, lrs, theta0, momentum)
 
     def gradient(theta: Tensor, k: int) -> Tensor:
-        return step.value_and_grad(theta, data.x_syn[k % s], data.y_syn[k % s])[1]
+        return step.grad(theta, data.x_syn[k % s], data.y_syn[k % s])
 
     dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
                 else SGD(gradient, lrs, momentum))

@@ -106,6 +106,9 @@ class ExtensionMLPStep(FusedMLPStep):
         return torch.ops.memdistill.mlp_value_and_grad.default(theta.contiguous(), x.contiguous(), y.contiguous(),
                                                                self.widths)
 
+    def grad(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return self.value_and_grad(theta, x, y)[1]
+
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         g, hw, dx, dy = torch.ops.memdistill.mlp_reverse.default(theta.contiguous(), x.contiguous(), y.contiguous(),
                                                                  w.contiguous(), self.widths)

@@ -39,7 +39,8 @@ which takes a matrix-vector path for a single row or column, and B > 1 to gemm_b
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -193,10 +194,20 @@ class FusedMLPStep(GenericStep):
         if self._lone(theta, x):
             loss, grad = self.value_and_grad(*_two(theta, x, y))
             return loss[:1], grad[:1]
+        return self._threads(self._value_and_grad, theta, x, y)
+
+    def grad(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """g [B, P] as :meth:`value_and_grad` computes it (same bits), without the losses."""
+        if self._lone(theta, x):
+            return self.grad(*_two(theta, x, y))[:1]
+        return self._threads(self._grad, theta, x, y)
+
+    def _threads(self, product: Callable[..., Any], theta: Tensor, x: Tensor, *rest: Tensor) -> Any:
+        """``product(theta, x, *rest)``, on one thread for a small step (see SERIAL_WORK)."""
         if self._serial(theta, x):
             with intra_op_threads(1):
-                return self._value_and_grad(theta, x, y)
-        return self._value_and_grad(theta, x, y)
+                return product(theta, x, *rest)
+        return product(theta, x, *rest)
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(g, Hw, (∂g/∂x)ᵀw, (∂g/∂y)ᵀw); see the module docstring for the equations."""
@@ -204,17 +215,22 @@ class FusedMLPStep(GenericStep):
             g, hw, dx, dy = self.reverse(*_two(theta, x, y, w))
             first = slice(0, 1) if x.dim() == 3 else 0      # a shared batch's terms: row 0's alone
             return g[:1], hw[:1], dx[first], None if dy is None else dy[first]
-        if self._serial(theta, x):
-            with intra_op_threads(1):
-                return self._reverse(theta, x, y, w)
-        return self._reverse(theta, x, y, w)
+        return self._threads(self._reverse, theta, x, y, w)
 
     def _value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        fwd, t, g = self._forward_grad(theta, x, y)
+        return self._loss(fwd.logits, t), g
+
+    def _grad(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return self._forward_grad(theta, x, y)[2]
+
+    def _forward_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[_Forward, Tensor, Tensor]:
+        """(the forward pass, the targets, g [B, P])."""
         params = self.params(theta)
         fwd = self._forward(params, x)
         t = self._targets(fwd.logits, y)
         delta, _ = self._delta(fwd.logits, t, y.is_floating_point())
-        return self._loss(fwd.logits, t), torch.cat(self._backward(params, fwd, delta), dim=1)
+        return fwd, t, torch.cat(self._backward(params, fwd, delta), dim=1)
 
     def _reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         params, dirs = self.params(theta), self.params(w)

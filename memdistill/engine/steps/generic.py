@@ -193,6 +193,10 @@ class GenericStep:
         """(losses [B], g [B, P])."""
         return self._dispatch("value_and_grad", theta, x, y)
 
+    def grad(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """g [B, P], the gradient of :meth:`value_and_grad` (a step may skip the losses)."""
+        return self.value_and_grad(theta, x, y)[1]
+
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(g, H w, (∂g/∂x)ᵀ w, (∂g/∂y)ᵀ w or None for integer y); w [B, P]."""
         return self._dispatch("reverse", theta, x, y, w)
