@@ -11,13 +11,14 @@ from memdistill.distill.evaluation import (
     accuracy,
     baseline_accuracies,
     distilled_accuracies,
+    distilled_accuracies_of_sets,
     predict_rows,
     row_accuracies,
     train_full,
     train_full_many,
     train_full_rows,
 )
-from memdistill.distill.training import STRATEGIES, train_many, train_on, train_rows
+from memdistill.distill.training import STRATEGIES, train_many, train_on, train_rows, train_sets
 from memdistill.engine.steps.fused import FusedMLPStep
 from memdistill.models import convnet, lenet, mlp
 
@@ -144,3 +145,60 @@ def test_full_data_rows_with_max_steps_and_the_generic_step():
     one = [train_full(dataset, arch, seed, epochs=3, batch_size=16, max_steps=5) for seed in SEEDS]
     many = train_full_many(dataset, arch, SEEDS, epochs=3, batch_size=16, max_steps=5)
     assert relative_error(many, one) <= 1e-5
+
+
+def sets(in_shape, classes, dtype, momentum, count=3, soft=False):
+    """``count`` distilled sets of one shape with different images, labels and rates."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(count):
+        x = torch.randn(2, 6, *in_shape, generator=g, dtype=dtype)
+        y = (torch.rand(2, 6, classes, generator=g, dtype=dtype).softmax(-1) if soft
+             else torch.randint(0, classes, (2, 6), generator=g))
+        lrs = torch.rand(6, generator=g, dtype=dtype) * 0.2
+        out.append(DistilledData(x, y, lrs, {"momentum": momentum, **({"theta0_seeds": [20 + i]} if i == 1 else {})}))
+    return out
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("soft", [False, True], ids=["ids", "soft"])
+def test_sets_trained_together_have_the_bits_of_each_set_alone(strategy, momentum, dtype, soft):
+    """Restarts' distilled sets (one with a fixed θ0) trained as the rows of one computation equal
+    each set's own batched training bit for bit, in float32 too (the fused step's rows do not
+    depend on their neighbours; a per-row rate multiplies as the shared scalar does)."""
+    arch, in_shape, classes = mlp("4-layer", 2, 3), (2,), 3
+    datas = sets(in_shape, classes, dtype, momentum, soft=soft)
+    seeds = [range(0, 4), range(4, 7), range(7, 12)]
+    step, theta = train_sets(datas, arch, seeds, strategy, **GENTLE)
+    alone = torch.cat([train_rows(d, arch, s, strategy, **GENTLE)[1] for d, s in zip(datas, seeds)])
+    assert isinstance(step, FusedMLPStep) and theta.shape == alone.shape
+    assert torch.equal(theta, alone)
+    assert not torch.equal(theta[0], theta[4])
+
+
+def test_sets_of_a_convnet_train_together_as_each_alone_in_float64():
+    arch, in_shape, classes = ARCHS["lenet"]
+    datas = sets(in_shape, classes, torch.float64, 0.9)
+    seeds = [range(0, 2), range(2, 4), range(4, 5)]
+    step, theta = train_sets(datas, arch, seeds, "s3", **GENTLE)
+    alone = torch.cat([train_rows(d, arch, s, "s3", **GENTLE)[1] for d, s in zip(datas, seeds)])
+    assert step.per_model and step.batched, step.why
+    assert float((theta - alone).abs().max() / alone.abs().max()) <= 1e-12
+
+
+def test_accuracies_of_sets_equal_each_set_evaluated_alone():
+    datas = [dataclasses.replace(d, x=d.x.float(), lrs=d.lrs.float()) for d in sets((2,), 2, torch.float64, 0.0)]
+    arch = mlp("2-layer", 2, 1)
+    got = distilled_accuracies_of_sets(datas, MOONS, arch, "s2", inits=3, total_epochs=10)
+    assert got == [distilled_accuracies(d, MOONS, arch, "s2", inits=3, seed=3 * i, total_epochs=10)
+                   for i, d in enumerate(datas)]
+    assert len({tuple(a) for a in got}) == 3
+
+
+def test_sets_of_other_shapes_are_refused():
+    datas = sets((2,), 2, torch.float64, 0.0)
+    datas[2] = dataclasses.replace(datas[2], lrs=datas[2].lrs[:4])
+    with pytest.raises(ValueError, match="train_sets: the distilled sets differ in lrs"):
+        train_sets(datas, mlp("1-layer"), [range(2)] * 3)

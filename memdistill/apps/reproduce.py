@@ -43,6 +43,7 @@ from memdistill.distill.distiller import Distiller
 from memdistill.distill.evaluation import (
     baseline_accuracies,
     distilled_accuracies,
+    distilled_accuracies_of_sets,
     median_index,
     summarize,
     summarize_table,
@@ -251,27 +252,22 @@ def distill_source(
     return distilled, time.perf_counter() - start
 
 
-def evaluate_restart(
-    protocol: Protocol, data: DistilledData, restart: int
-) -> tuple[dict[str, dict[str, list[float]]], float]:
-    """Test ``eval_inits`` fresh models of every architecture with every strategy on one
-    distilled set; returns (accuracies[strategy][test arch], seconds)."""
+def evaluate_source(
+    protocol: Protocol, datas: Sequence[DistilledData]
+) -> tuple[list[dict[str, dict[str, list[float]]]], float]:
+    """Test ``eval_inits`` fresh models of every architecture with every strategy on each of a
+    source's distilled sets (restart r's models from seeds r·eval_inits, …), the models of all
+    restarts trained together (:func:`distilled_accuracies_of_sets`: the numbers of one set at a
+    time); returns (accuracies[restart][strategy][test arch], seconds)."""
     start, dataset = time.perf_counter(), load_dataset(protocol.data)
-    accuracies = {
-        strategy: {
-            name: distilled_accuracies(
-                data,
-                dataset,
-                _arch(name, dataset),
-                strategy,
-                inits=protocol.eval_inits,
-                seed=restart * protocol.eval_inits,
-                total_epochs=protocol.total_epochs,
-            )
-            for name in protocol.archs
-        }
-        for strategy in STRATEGIES
+    by_arch = {
+        (strategy, name): distilled_accuracies_of_sets(
+            datas, dataset, _arch(name, dataset), strategy, inits=protocol.eval_inits,
+            total_epochs=protocol.total_epochs)
+        for strategy in STRATEGIES for name in protocol.archs
     }
+    accuracies = [{strategy: {name: by_arch[strategy, name][r] for name in protocol.archs} for strategy in STRATEGIES}
+                  for r in range(len(datas))]
     return accuracies, time.perf_counter() - start
 
 
@@ -409,19 +405,19 @@ def run_evaluations(
     bar: tqdm,
     task_seconds: dict,
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Evaluate every (source, restart); returns accuracies[source][strategy][arch], restart by
-    restart (whatever order the tasks finish in)."""
-    tasks = [(source, r) for source in distilled for r in range(len(distilled[source]))]
+    """Evaluate every source's restarts (one task per source, its restarts' models trained
+    together); returns accuracies[source][strategy][arch], restart by restart."""
+    sources_ = list(distilled)
     outputs = {}
-    calls = [(protocol, distilled[source][r], r) for source, r in tasks]
-    for i, (accs, seconds) in _completed(pool, evaluate_restart, calls, bar):
-        outputs[tasks[i]] = accs
+    calls = [(protocol, distilled[source]) for source in sources_]
+    for i, (accs, seconds) in _completed(pool, evaluate_source, calls, bar):
+        outputs[sources_[i]] = accs
         task_seconds["evaluate"] = task_seconds.get("evaluate", 0.0) + seconds
-        bar.update(evaluate_cost(protocol, dataset))
+        bar.update(len(distilled[sources_[i]]) * evaluate_cost(protocol, dataset))
     return {
-        source: {s: {a: [v for r in range(len(runs)) for v in outputs[source, r][s][a]] for a in protocol.archs}
+        source: {s: {a: [v for per_restart in outputs[source] for v in per_restart[s][a]] for a in protocol.archs}
                  for s in STRATEGIES}
-        for source, runs in distilled.items()
+        for source in distilled
     }
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from memdistill.data import Dataset
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.training import batchable, load_rows, schedule, stack_rows, train_on, train_rows
+from memdistill.distill.training import batchable, load_rows, schedule, stack_rows, train_on, train_rows, train_sets
 from memdistill.engine.hypergradient import make_step
 from memdistill.engine.steps.generic import GenericStep, default_loss
 from memdistill.models import fresh_model
@@ -262,3 +262,28 @@ def distilled_accuracies(
         )
         for i in range(inits)
     ]
+
+
+def distilled_accuracies_of_sets(
+    datas: Sequence[DistilledData],
+    dataset: Dataset,
+    arch: Callable[[], nn.Module],
+    strategy: str | None,
+    *,
+    inits: int = 1,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    **strategy_constants: float,
+) -> list[list[float]]:
+    """``[distilled_accuracies(data_i, …, seed=seeds[i]) for data_i in datas]`` (same numbers), the
+    models of every set trained together (:func:`memdistill.distill.training.train_sets`);
+    ``seeds`` default: set i's models start from seeds i·inits, …, (i + 1)·inits − 1."""
+    seeds = [i * inits for i in range(len(datas))] if seeds is None else list(seeds)
+    trained = train_sets(datas, arch, [range(seed, seed + inits) for seed in seeds], strategy, device=device,
+                         **strategy_constants)
+    if trained is None:
+        return [distilled_accuracies(data, dataset, arch, strategy, inits=inits, seed=seed, device=device,
+                                     **strategy_constants) for data, seed in zip(datas, seeds)]
+    step, theta = trained
+    accs = row_accuracies(step, theta, dataset.x_test, dataset.y_test)
+    return [accs[i * inits:(i + 1) * inits] for i in range(len(datas))]

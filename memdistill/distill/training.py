@@ -203,11 +203,13 @@ def run_inner_loop_rows(
     momentum: float = 0.0,
 ) -> torch.Tensor:
     """:func:`run_inner_loop` for B models at once, the rows of ``theta`` [B, P] (updated in place
-    and returned): ``v ← γ v + g``, ``θ ← θ − η_k v`` with g = ``step.value_and_grad(θ, x[k % s],
-    y[k % s])[1]``, batch k % s shared by the B models (or, for a per-model step, x [s, B, b, …])."""
+    and returned): ``v ← γ v + g``, ``θ ← θ − η_k v`` with g = ``step.grad(θ, x[k % s], y[k % s])``,
+    batch k % s shared by the B models (or, for a per-model step, x [s, B, b, …]); lrs [N] shared,
+    or [N, B] one sequence per row (η_k of row j multiplies its v as the shared scalar would: same bits)."""
     velocity = torch.zeros_like(theta)
+    rates = lrs.tolist() if lrs.dim() == 1 else lrs.to(theta.device, theta.dtype).unsqueeze(-1).unbind(0)
     with torch.no_grad():
-        for k, lr in enumerate(lrs.tolist()):
+        for k, lr in enumerate(rates):
             batch = k % x.shape[0]
             grads = step.grad(theta, x[batch], y[batch])
             velocity.mul_(momentum).add_(grads)
@@ -286,6 +288,47 @@ def train_rows(
     theta = stack_rows(step, models[:1] if fixed else models)
     theta = run_inner_loop_rows(step, theta, data.x.to(device), data.y.to(device), lrs, data.momentum)
     return step, theta.expand(len(models), -1) if fixed else theta, models
+
+
+def _per_row(tensors: Sequence[torch.Tensor], counts: torch.Tensor) -> torch.Tensor:
+    """[s, Σ counts, …]: tensor i [s, …] of each set repeated for its counts[i] rows (axis 1)."""
+    return torch.stack(list(tensors), 1).repeat_interleave(counts.to(tensors[0].device), dim=1)
+
+
+def train_sets(
+    datas: Sequence[DistilledData],
+    arch: Callable[[], nn.Module],
+    seeds: Sequence[Sequence[int]],
+    strategy: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    **strategy_constants: float,
+) -> tuple[GenericStep, torch.Tensor] | None:
+    """:func:`train_rows` for several distilled sets of one shape at once (the restarts of a
+    distillation): ``seeds[i]`` start the rows of ``datas[i]`` (or its fixed θ0, repeated), which
+    train on its batches with its rates, batch k % s one per row (x [s, B, b, …], lrs [N, B]).
+
+    Returns (step, θ [B, P] trained, the rows of datas[0] first, then datas[1]'s, …), or None when
+    the architecture cannot be batched. Every row has the bits of its row in :func:`train_rows`
+    of its set alone (a Step's rows do not depend on the rows beside them). The sets must agree
+    in s, b, input shape, dtype, label kind, n and momentum (ValueError naming what differs).
+    """
+    first = datas[0]
+    for name, value in (("x", lambda d: (d.x.shape, d.x.dtype)), ("y", lambda d: (d.y.shape, d.y.dtype)),
+                        ("lrs", lambda d: d.lrs.shape), ("momentum", lambda d: d.momentum)):
+        if any(value(d) != value(first) for d in datas):
+            raise ValueError(f"train_sets: the distilled sets differ in {name}; train each with train_rows")
+    counts = torch.tensor([len(s) for s in seeds])
+    starts = [seed for data, own in zip(datas, seeds)
+              for seed in ([data.config["theta0_seeds"][0]] * len(own) if data.config.get("theta0_seeds") else own)]
+    device = first.x.device if device is None else torch.device(device)
+    models = [fresh_model(arch, seed, dtype=first.x.dtype).to(device) for seed in starts]
+    if not models or not batchable(models[0]):
+        return None
+    x, y = _per_row([d.x.to(device) for d in datas], counts), _per_row([d.y.to(device) for d in datas], counts)
+    lrs = _per_row([schedule(d, strategy, **strategy_constants) for d in datas], counts)
+    step = make_step(models[0], None, per_model=True)
+    return step, run_inner_loop_rows(step, stack_rows(step, models), x, y, lrs, first.momentum)
 
 
 def train_many(
