@@ -121,7 +121,7 @@ def test_memory_budget_reaches_every_distillation(tmp_path, capsys):
 
 
 def _distill_updates(protocol, tmp_path, monkeypatch, queue=None):
-    """The bar's updates while run_distillations distils every source of ``protocol`` in this process
+    """The bar's updates while run_distillations distils (and evaluates) every source of ``protocol`` in this process
     (``queue``: reported as a pool worker does, through reproduce's queue, and polled)."""
     dataset, bar = load_dataset("moons"), RecordingBar(total=None)
     updates = []
@@ -142,8 +142,9 @@ def test_the_bar_advances_with_every_outer_step_of_every_distillation(tmp_path, 
     protocol = reproduce.Protocol(**{**TINY, "batch_size": 250, "outer_epochs": 2})
     dataset, updates = _distill_updates(protocol, tmp_path, monkeypatch)
     outer = 2 * 4  # outer_epochs × ⌈1,000 / 250⌉
-    assert len(dataset.x_train) == 1000 and len(updates) == 4 * outer  # 4 sources, a step each
-    assert sum(updates) == reproduce.plan(protocol, dataset, False)["distill"]
+    assert len(dataset.x_train) == 1000 and len(updates) == 4 * outer + 4  # 4 sources, a step each, then
+    work = reproduce.plan(protocol, dataset, False)                          # each source's evaluation
+    assert sum(updates[:4 * outer]) == work["distill"] and sum(updates[4 * outer:]) == work["evaluate"]
 
 
 def test_a_worker_processes_outer_steps_reach_the_main_bar(tmp_path, monkeypatch):
@@ -228,3 +229,15 @@ def test_every_figure_is_titled_labelled_and_explained(moons_and_data):
     ):
         _labelled(fig)
     _labelled(figures.plot_accuracies({"2-layer": {"none": [0.8, 0.9], "s2": [0.85, 0.86]}}), ylabel=False)
+
+
+def test_two_jobs_evaluate_each_source_as_it_is_distilled_with_the_same_results(tmp_path, quick_run):
+    """--jobs 2: the pool distils and evaluates (each source's evaluation queued as soon as it is
+    distilled): the same tables as in one process, and the phases still end in order."""
+    lines = []
+    results = reproduce.run(reproduce.Protocol(**TINY), tmp_path, sweeps=False, progress=False, jobs=2,
+                            log=lines.append)
+    alone = quick_run[0]
+    assert results["table1"] == alone["table1"] and results["table2"] == alone["table2"]
+    assert [line.split(":")[0] for line in lines] == ["baseline", "distill", "evaluate", "figures"]
+    assert results["timing"]["evaluate"] > 0 and results["phases"]["evaluate"] >= 0

@@ -113,13 +113,22 @@ class Phases:
 
     def __init__(self, bar: tqdm, log: Callable[[str], None] | None) -> None:
         self.bar, self.log, self.seconds = bar, log, {}
+        self.started: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, phase: str, what: str) -> Iterator[None]:
-        start = time.perf_counter()
-        self.bar.set_postfix_str(phase)
+        self.start(phase)
         yield
-        seconds = time.perf_counter() - start
+        self.end(phase, what)
+
+    def start(self, phase: str) -> None:
+        """``phase`` begins now (for phases that overlap others, without ``with``)."""
+        self.started[phase] = time.perf_counter()
+        self.bar.set_postfix_str(phase)
+
+    def end(self, phase: str, what: str) -> None:
+        """``phase`` ends now: its wall seconds are added and its line logged."""
+        seconds = time.perf_counter() - self.started.pop(phase)
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
         if self.log is not None:
             self.log(f"{phase}: {what} in {seconds:.1f} s")
@@ -339,28 +348,6 @@ class DistillProgress:
                 return
 
 
-def _completed(
-    pool: ProcessPoolExecutor | None, function: Callable, calls: Sequence[tuple], bar: tqdm,
-    poll: Callable[[], None] | None = None
-) -> Iterator[tuple[int, Any]]:
-    """``(i, function(*calls[i]))`` for every call: in order in this process (no pool), or in the
-    pool's processes, each as soon as it finishes (submitted in the order of ``calls``), ``poll``
-    called and the ``bar`` redrawn every quarter second meanwhile (its elapsed time runs on)."""
-    if pool is None:
-        for i, args in enumerate(calls):
-            yield i, function(*args)
-        return
-    futures = {pool.submit(function, *args): i for i, args in enumerate(calls)}
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-        if poll is not None:
-            poll()
-        for future in done:
-            yield futures[future], future.result()
-        bar.refresh()
-
-
 def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, list[float]]:
     """Test accuracies of the full-data baseline of every architecture."""
     baseline = {}
@@ -379,46 +366,67 @@ def run_baseline(protocol: Protocol, dataset: Dataset, bar: tqdm) -> dict[str, l
 
 def run_distillations(
     protocol: Protocol, dataset: Dataset, out: Path, pool: ProcessPoolExecutor | None, bar: tqdm, task_seconds: dict,
-    queue: Any = None
-) -> dict[str, list[DistilledData]]:
-    """Distil every source (its restarts batched), the costliest first, the bar advancing with
-    every outer step (``queue``: where the pool's workers report them); returns distilled[source]."""
+    queue: Any = None, phases: Phases | None = None
+) -> tuple[dict[str, list[DistilledData]], dict[str, dict[str, dict[str, list[float]]]]]:
+    """Distil every source (its restarts batched), the costliest first, and evaluate each as soon
+    as it is distilled (:func:`evaluate_source`: in the pool, while the other distillations run);
+    returns (distilled[source], accuracies[source][strategy][arch], restart by restart).
+
+    The bar advances with every outer step (``queue``: where the pool's workers report them) and
+    each evaluation. ``phases``: "distill" ends when the last distillation does, "evaluate"
+    (the wall time it adds) when the last evaluation does.
+    """
     archs = sources(protocol, dataset)
     costs = {name: distill_cost(protocol, dataset, archs[name]) for name in archs}
     names = sorted(archs, key=lambda name: -costs[name])
     outer = protocol.outer_epochs * math.ceil(len(dataset.x_train) / protocol.batch_size)
     progress = DistillProgress(bar, costs, outer, queue)
-    calls = [(protocol, name, out, False, progress.step if pool is None else None) for name in names]
-    distilled = {}
-    for i, (data, seconds) in _completed(pool, distill_source, calls, bar, progress.poll):
-        distilled[names[i]] = data
+    distilled: dict[str, list[DistilledData]] = {}
+    outputs: dict[str, list] = {}
+
+    def distilled_one(name: str, data: list[DistilledData], seconds: float) -> None:
+        distilled[name] = data
         task_seconds["distill"] = task_seconds.get("distill", 0.0) + seconds
-        progress.finish(names[i])
-    return {name: distilled[name] for name in archs}
+        progress.finish(name)
+        if len(distilled) == len(names) and phases is not None:
+            phases.end("distill", f"{len(names)} sources × {protocol.restarts} restarts")
+            phases.start("evaluate")
 
-
-def run_evaluations(
-    protocol: Protocol,
-    dataset: Dataset,
-    distilled: dict[str, list[DistilledData]],
-    pool: ProcessPoolExecutor | None,
-    bar: tqdm,
-    task_seconds: dict,
-) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Evaluate every source's restarts (one task per source, its restarts' models trained
-    together); returns accuracies[source][strategy][arch], restart by restart."""
-    sources_ = list(distilled)
-    outputs = {}
-    calls = [(protocol, distilled[source]) for source in sources_]
-    for i, (accs, seconds) in _completed(pool, evaluate_source, calls, bar):
-        outputs[sources_[i]] = accs
+    def evaluated_one(name: str, accs: list, seconds: float) -> None:
+        outputs[name] = accs
         task_seconds["evaluate"] = task_seconds.get("evaluate", 0.0) + seconds
-        bar.update(len(distilled[sources_[i]]) * evaluate_cost(protocol, dataset))
-    return {
+        bar.update(len(accs) * evaluate_cost(protocol, dataset))
+
+    if phases is not None:
+        phases.start("distill")
+    if pool is None:
+        for name in names:
+            distilled_one(name, *distill_source(protocol, name, out, False, progress.step))
+        for name in names:
+            evaluated_one(name, *evaluate_source(protocol, distilled[name]))
+    else:
+        tasks = {pool.submit(distill_source, protocol, name, out, False): (distilled_one, name) for name in names}
+        pending = set(tasks)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            progress.poll()
+            for future in done:
+                then, name = tasks.pop(future)
+                then(name, *future.result())
+                if then is distilled_one:   # queued behind the distillations not yet started
+                    evaluation = pool.submit(evaluate_source, protocol, distilled[name])
+                    tasks[evaluation] = (evaluated_one, name)
+                    pending.add(evaluation)
+            bar.refresh()
+    if phases is not None:
+        phases.end("evaluate", f"{len(names)} sources × {protocol.restarts} restarts × {len(STRATEGIES)} strategies × "
+                   f"{len(protocol.archs)} architectures × {protocol.eval_inits} test models")
+    accuracies = {
         source: {s: {a: [v for per_restart in outputs[source] for v in per_restart[s][a]] for a in protocol.archs}
                  for s in STRATEGIES}
-        for source in distilled
+        for source in archs
     }
+    return {name: distilled[name] for name in archs}, accuracies
 
 
 def plan(protocol: Protocol, dataset: Dataset, sweeps: bool) -> dict[str, int]:
@@ -472,7 +480,6 @@ def run(
     start, out, task_seconds = time.perf_counter(), Path(out), {}
     dataset = load_dataset(protocol.data)
     work = plan(protocol, dataset, sweeps)
-    count = f"{len(protocol.archs) + 1} sources × {protocol.restarts} restarts"
     with tqdm(total=sum(work.values()), desc="reproduce", bar_format=BAR_FORMAT, smoothing=0,
               disable=not progress) as bar, one_thread():
         phases = Phases(bar, log)
@@ -480,11 +487,7 @@ def run(
             baseline = run_baseline(protocol, dataset, bar)
         task_seconds["baseline"] = phases.seconds["baseline"]
         with _pool(jobs) as (pool, queue):
-            with phases("distill", count):
-                distilled = run_distillations(protocol, dataset, out, pool, bar, task_seconds, queue)
-            with phases("evaluate", f"{count} × {len(STRATEGIES)} strategies × {len(protocol.archs)} "
-                        f"architectures × {protocol.eval_inits} test models"):
-                accuracies = run_evaluations(protocol, dataset, distilled, pool, bar, task_seconds)
+            distilled, accuracies = run_distillations(protocol, dataset, out, pool, bar, task_seconds, queue, phases)
         results: dict[str, Any] = {
             "quick": quick,
             "baseline": {name: summarize(values) for name, values in baseline.items()},
