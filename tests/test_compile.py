@@ -1,5 +1,7 @@
 """GenericStep(compile=True): torch.compile'd products equal the eager ones, are shared by steps
 of one architecture, and a compilation that fails falls back to eager, saying why."""
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,39 @@ def test_cli_and_job_files_take_compile(tmp_path):
     job = tmp_path / "job.toml"
     job.write_text("[[jobs]]\ncompile = true\n")
     assert jobfile.read(job).jobs[0].config.compile is True
+
+
+def test_the_distillers_bar_shows_the_seconds_spent_compiling(backend, monkeypatch):
+    from memdistill.distill import distiller
+
+    postfixes = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def set_postfix(self, refresh=True, **values):
+            postfixes.append(values)
+
+        def update(self, n=1):
+            pass
+
+    monkeypatch.setattr(distiller, "tqdm", Bar)
+    clock = iter(range(0, 1000, 7))   # generic's clock only: each compiling call takes 7 "seconds"
+    monkeypatch.setattr(generic, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    X, Y = torch.randn(64, 1, 10), torch.arange(64) % 2
+    arch = lambda: nn.Sequential(nn.Conv1d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(24, 2))
+    shapes = 0
+    for compile_ in (True, False):
+        md.Distiller([arch], steps=2, epochs=1, per_class=1, restarts=2, compile=compile_).fit(
+            X, Y, outer_epochs=1, batch_size=32)
+        shapes = shapes if compile_ is False else len(generic._COMPILED_SHAPES)  # products × shapes compiled
+    compiled, eager = postfixes[:2], postfixes[2:]
+    assert shapes >= 2 and [p["compiled"] for p in compiled] == [f"{7 * shapes}s"] * 2   # all in the first step
+    assert all("compiled" not in p and "loss" in p for p in eager)

@@ -35,6 +35,7 @@ from memdistill.distill.training import mlp_rows, plain_mlp
 from memdistill.engine.hypergradient import make_step
 from memdistill.engine.planner import parse_memory
 from memdistill.engine.steps.fused import SERIAL_WORK
+from memdistill.engine.steps.generic import compile_seconds
 from memdistill.engine.threads import intra_op_threads
 from memdistill.engine.validation import METHODS, check_offload
 from memdistill.models import MLP, fresh_model
@@ -246,6 +247,7 @@ class Distiller:
                 total=total, initial=state.done, desc="distill", unit="step", leave=False,
                 disable=not self.progress) as bar:
             previous = None  # the snapshot before the last finite step (its Adam step led here)
+            compiled_before = compile_seconds()   # --compile: the bar shows the seconds spent compiling
             threads = 1 if self._tiny(state.restarts, state.labels.shape[1]) else torch.get_num_threads()
             while state.done < total:
                 with intra_op_threads(threads):
@@ -261,7 +263,8 @@ class Distiller:
                 saved = checkpoint is not None and (state.done % save_every == 0 or state.done == total)
                 if saved:
                     state.save(checkpoint, fingerprint)
-                bar.set_postfix(loss=f"{sum(losses) / state.restarts:.4f}", refresh=False)
+                compiling = {"compiled": f"{compile_seconds() - compiled_before:.0f}s"} if self.compile else {}
+                bar.set_postfix(loss=f"{sum(losses) / state.restarts:.4f}", **compiling, refresh=False)
                 bar.update()
                 if on_step is not None:
                     on_step(state.done)

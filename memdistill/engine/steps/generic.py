@@ -41,7 +41,7 @@ from memdistill.engine.steps.architecture import architecture
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-__all__ = ["GenericStep", "default_loss", "LossFn", "SECOND_ORDER"]
+__all__ = ["GenericStep", "default_loss", "LossFn", "SECOND_ORDER", "compile_seconds"]
 
 SECOND_ORDER = ("reverse", "forward")
 # Errors with which torch.func refuses a module (vmap or grad transform); anything else propagates.
@@ -53,6 +53,12 @@ PRODUCTS = ("loss", "value_and_grad", "reverse")
 _COMPILED: dict[tuple, Callable] = {}
 _COMPILED_SHAPES: set[tuple] = set()
 _COMPILE_FAILED: dict[tuple, str] = {}
+_COMPILE_SECONDS = [0.0]   # seconds spent in calls that compiled, by every step of this process
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling generic steps' products (``compile=True``)."""
+    return _COMPILE_SECONDS[0]
 # How the products are compiled: one graph per shape and dtype (the shapes of a run are few).
 COMPILE_OPTIONS: dict = {"dynamic": False}
 
@@ -240,7 +246,9 @@ class GenericStep:
         except Exception as error:  # compiling is optional: any failure falls back to eager
             _COMPILE_FAILED[key] = _first_line(error)
             return self._without_compile(product, _COMPILE_FAILED[key], theta, *data)
-        self.compile_seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.compile_seconds += seconds
+        _COMPILE_SECONDS[0] += seconds
         _COMPILED_SHAPES.add(shapes)
         return out
 
