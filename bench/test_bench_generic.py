@@ -7,6 +7,9 @@
     the paper MLP 2-10-10-10-1 forced onto the generic step.
 (c) One reverse product for ten LeNet rows: vmap with each second-order mode, compiled
     (``compile=True``; compiled in the warm-up round, its seconds printed), and the loop.
+(d) value_and_grad and reverse for ten LeNet 28x28 rows, 10 (a synthetic step) or 256 (the
+    real batch) images each: vmap with the batched convolution of steps/conv.py, vmap with
+    vmap's own conv2d rule, and the loop.
 CPU, one thread, float32, rounds=3. Divide a row by the other row of its group for the ratio.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 import memdistill as md
 from memdistill.apps.profiling import mlp_problem
+from memdistill.engine.steps import conv
 from memdistill.engine.steps.generic import GenericStep
 from memdistill.models import fresh_model
 
@@ -74,3 +78,18 @@ def test_reverse_product_ten_rows(benchmark, path):
                        warmup_rounds=1)
     if step.compile:
         print(f"compile: {step.compile_seconds:.1f} s ({step.why})")
+
+
+@pytest.mark.parametrize("product, images", [("value_and_grad", 10), ("reverse", 10), ("value_and_grad", 256)])
+@pytest.mark.parametrize("path", ["vmap, batched conv", "vmap, vmap's conv2d rule", "loop"])
+def test_batched_conv_ten_rows(benchmark, monkeypatch, path, images, product):
+    benchmark.group = f"(d) {product}, 10 LeNet 28x28 rows, {images} images each"
+    if "rule" in path:
+        monkeypatch.setattr(conv, "SMALL_MACS", float("inf"))  # BatchedConv2d calls F.conv2d
+    model = fresh_model(md.lenet((1, 28, 28), 10), 0)
+    step = GenericStep(model, batched=path != "loop", per_model=True)
+    theta = torch.cat([step.flatten(fresh_model(md.lenet((1, 28, 28), 10), i)) for i in range(10)])
+    x, y = torch.randn(10, images, 1, 28, 28), torch.randint(0, 10, (10, images))
+    args = (theta, x, y) if product == "value_and_grad" else (theta, x, y, torch.randn_like(theta))
+    with torch.no_grad():
+        benchmark.pedantic(getattr(step, product), args=args, rounds=3, iterations=1, warmup_rounds=1)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
 
 from memdistill.engine.steps.architecture import architecture
+from memdistill.engine.steps.conv import swap_convs
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -108,7 +109,9 @@ class GenericStep:
     training mode) never touches the caller's. The torch.func paths run a private copy of the
     module in which training-mode batch norms keep no running statistics (they normalise with
     the batch statistics either way, and never read the running ones): the same function,
-    without the buffer writes a transform refuses.
+    without the buffer writes a transform refuses. With ``second_order="reverse"`` and without
+    compile, its ``nn.Conv2d`` are :class:`~memdistill.engine.steps.conv.BatchedConv2d` (same
+    parameters, a faster vmap rule on a CPU).
 
     Args:
       model: the module; its trainable parameters define the layout of a row.
@@ -156,7 +159,12 @@ class GenericStep:
         # must not touch the caller's.
         self.constants = {k: t.detach().clone() for k, t in
                           [*model.named_parameters(), *model.named_buffers()] if k not in trained}
-        self.functional_model = _untracked(model)
+        # The torch.func copy runs its nn.Conv2d as conv.BatchedConv2d, whose vmap rule beats
+        # vmap's own NCHW grouped conv on a CPU (ten LeNets on 28x28, 10 images each: reverse
+        # 1.7x, value_and_grad 1.8x faster); reverse mode only (it has no jvp), and not under
+        # torch.compile (dynamo cannot trace it). The loop (self.model) keeps nn.Conv2d.
+        fast_convs = second_order == "reverse" and not compile
+        self.functional_model = swap_convs(_untracked(model)) if fast_convs else _untracked(model)
         self.second_order, self.per_model = second_order, bool(per_model)
         self.batched = bool(batched)
         self.why = ("vmap over the B rows (torch.func); probed on the first call with B > 1" if self.batched
