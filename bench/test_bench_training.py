@@ -5,6 +5,8 @@
     (50 epochs × 40 steps = 2,000 steps): ``[train_on(...) for seed]`` against ``train_many``.
 (b) The full-data baseline: 25 2-layer MLPs, 500 full-batch steps on moons:
     ``[train_full(...) for seed]`` against ``train_full_many``.
+(c) What reproduce tests per source: 10 restarts' distilled sets, 5 fresh 4-layer MLPs each, s1:
+    set by set (``train_rows``, 5 rows at a time) against all sets at once (``train_sets``, 50 rows).
 CPU, one thread, float32, rounds=3. Divide the "one by one" row by the "batched" row of its group.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from memdistill.data import load_dataset
 from memdistill.distill.distiller import Distiller
 from memdistill.distill.evaluation import train_full, train_full_many
-from memdistill.distill.training import train_many, train_on
+from memdistill.distill.training import train_many, train_on, train_rows, train_sets
 from memdistill.models import mlp
 
 torch.set_num_threads(1)
@@ -49,3 +51,19 @@ def test_full_data_baseline(benchmark, how):
     else:
         models = benchmark.pedantic(lambda: [train_full(MOONS, arch, i) for i in range(MODELS)], rounds=3)
     assert len(models) == MODELS
+
+
+@pytest.fixture(scope="module")
+def restarts():
+    distiller = Distiller([mlp("4-layer")], steps=40, epochs=5, seed=0, restarts=10, progress=False)
+    return distiller.fit(MOONS.x_train, MOONS.y_train, outer_steps=1, batch_size=64)
+
+
+@pytest.mark.parametrize("how", ["set by set", "all sets at once"])
+def test_restarts_s1(benchmark, restarts, how):
+    benchmark.group = "(c) 10 restarts x 5 x 4-layer MLP, s1 (2,000 steps)"
+    arch, seeds = mlp("4-layer"), [range(5 * r, 5 * r + 5) for r in range(10)]
+    if how == "all sets at once":
+        benchmark.pedantic(lambda: train_sets(restarts, arch, seeds, "s1"), rounds=3)
+    else:
+        benchmark.pedantic(lambda: [train_rows(d, arch, s, "s1") for d, s in zip(restarts, seeds)], rounds=3)
