@@ -220,6 +220,17 @@ def evaluate_cost(
     return sum(training_cost([_arch(name, dataset)], lengths[strategy]) for name in names for strategy in strategies)
 
 
+SET_WEIGHT = 0.06
+"""Cost of each further distilled set tested in the same computation (its models train as more
+rows of the same batched steps) relative to the first: 10 sets at once measured 1.56× one set
+(``bench/test_bench_training.py`` (c), 6.4× faster than set by set)."""
+
+
+def source_evaluate_cost(protocol: Protocol, dataset: Dataset) -> int:
+    """Estimated work of testing a source's ``restarts`` distilled sets together (:func:`evaluate_source`)."""
+    return round(evaluate_cost(protocol, dataset) * (1 + SET_WEIGHT * (protocol.restarts - 1)))
+
+
 def baseline_cost(protocol: Protocol, dataset: Dataset, name: str) -> int:
     """Estimated work of the full-data baseline of one architecture (its models batched)."""
     layers = len(_arch(name, dataset).hidden) + 1
@@ -395,7 +406,7 @@ def run_distillations(
     def evaluated_one(name: str, accs: list, seconds: float) -> None:
         outputs[name] = accs
         task_seconds["evaluate"] = task_seconds.get("evaluate", 0.0) + seconds
-        bar.update(len(accs) * evaluate_cost(protocol, dataset))
+        bar.update(source_evaluate_cost(protocol, dataset))
 
     if phases is not None:
         phases.start("distill")
@@ -436,7 +447,7 @@ def plan(protocol: Protocol, dataset: Dataset, sweeps: bool) -> dict[str, int]:
     work = {
         "baseline": sum(baseline_cost(protocol, dataset, name) for name in protocol.archs),
         "distill": sum(distill_cost(protocol, dataset, a) for a in archs.values()),
-        "evaluate": len(archs) * protocol.restarts * evaluate_cost(protocol, dataset),
+        "evaluate": len(archs) * source_evaluate_cost(protocol, dataset),
         "figures": FIGURES_COST,
     }
     if sweeps:
