@@ -208,3 +208,35 @@ def test_grouped_rows_equal_each_model_alone(model, labels):
         assert rel(rows.grad_lrs[i], alone.grad_lrs) <= 1e-12
         if labels == "soft":
             assert rel(rows.grad_y[i], alone.grad_y_syn) <= 1e-12
+
+
+def tied_models() -> dict[str, tuple[nn.Module, bool]]:
+    """(model, whether functional_call must tie): a Linear used twice, a weight shared by two
+    Linears (tying), and neither."""
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4).double()
+    first, second = nn.Linear(4, 4).double(), nn.Linear(4, 4).double()
+    second.weight = first.weight
+    return {"module used twice": (nn.Sequential(shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(4, 2).double()), False),
+            "weight tying": (nn.Sequential(first, nn.Tanh(), second, nn.Tanh(), nn.Linear(4, 2).double()), True),
+            "untied": (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).double(), False)}
+
+
+@pytest.mark.parametrize("name", ["module used twice", "weight tying", "untied"])
+@pytest.mark.parametrize("B", [1, 3], ids=["loop", "vmap"])
+def test_shared_parameters_get_the_gradient_of_every_use(name, B):
+    """One tensor under two names: every path gives the gradient autograd gives the module itself
+    (its uses summed), and leaves the module's parameters as they were."""
+    model, tying = tied_models()[name]
+    before = [(n, p) for n, p in model.named_parameters(remove_duplicate=False)]
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
+    step = GenericStep(model)
+    assert step.tied is tying
+    theta = step.flatten().repeat(B, 1)
+    _, g = step.value_and_grad(theta, x, y)
+    assert [(n, p) for n, p in model.named_parameters(remove_duplicate=False)] == before
+    assert all(p.is_leaf for _, p in before)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    want = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert g.shape == (B, want.numel()) and rel(g[-1], want) <= 1e-13

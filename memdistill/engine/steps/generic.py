@@ -101,6 +101,18 @@ def _untracked(model: nn.Module) -> nn.Module:
     return twin
 
 
+def _tied(model: nn.Module) -> bool:
+    """Whether a tensor sits in two module slots (weight tying: ``b.weight = a.weight``). Then
+    functional_call must give every slot the row's value (``tie_weights=True``, which costs more
+    than a small model's forward). A module used twice (``Sequential(f, g, f)``) has one slot
+    under two names, which needs nothing (and which ``tie_weights=True`` would leave swapped)."""
+    slots: dict[int, set[tuple[int, str]]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        owner, _, attr = name.rpartition(".")
+        slots.setdefault(id(t), set()).add((id(model.get_submodule(owner)), attr))
+    return any(len(where) > 1 for where in slots.values())
+
+
 class GenericStep:
     """Any nn.Module through ``torch.func.functional_call``.
 
@@ -159,6 +171,7 @@ class GenericStep:
         # must not touch the caller's.
         self.constants = {k: t.detach().clone() for k, t in
                           [*model.named_parameters(), *model.named_buffers()] if k not in trained}
+        self.tied = _tied(model)
         # The torch.func copy runs its nn.Conv2d as conv.BatchedConv2d, whose vmap rule beats
         # vmap's own NCHW grouped conv on a CPU (ten LeNets on 28x28, 10 images each: reverse
         # 1.7x, value_and_grad 1.8x faster); reverse mode only (it has no jvp), and not under
@@ -189,7 +202,7 @@ class GenericStep:
 
     def forward(self, row: Tensor, x: Tensor) -> Tensor:
         """model(x) with parameters θ = row [P]."""
-        return functional_call(self.model, {**self.constants, **self.unflatten(row)}, (x,))
+        return functional_call(self.model, {**self.constants, **self.unflatten(row)}, (x,), tie_weights=self.tied)
 
     def _rows(self, theta: Tensor, x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
         """(θ_j [P], x_j, y_j) for each row j: the shared batch, or row j of per-model batches."""
@@ -270,7 +283,7 @@ class GenericStep:
     def _row_loss(self, row: Tensor, x: Tensor, y: Tensor, constants: dict[str, Tensor]) -> Tensor:
         """l(model_θ(x), y) for one row θ [P], frozen parameters and buffers ``constants``."""
         params = {**constants, **self.unflatten(row)}
-        return self.loss_fn(functional_call(self.functional_model, params, (x,)), y)
+        return self.loss_fn(functional_call(self.functional_model, params, (x,), tie_weights=self.tied), y)
 
     def _row_reverse(self, row: Tensor, x: Tensor, y: Tensor, w: Tensor, constants: dict[str, Tensor]) -> tuple:
         """(g, Hw, (∂g/∂x)ᵀw[, (∂g/∂y)ᵀw]) for one row; the last only for float y."""
