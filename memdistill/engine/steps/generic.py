@@ -328,7 +328,8 @@ class GenericStep:
     # ------------------------------------------------------------------ the loop (reference)
 
     def _loop_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return torch.stack([self.loss_fn(self.forward(row, a), b) for row, a, b in self._rows(theta, x, y)])
+        losses = [self.loss_fn(self.forward(row, a), b) for row, a, b in self._rows(theta, x, y)]
+        return losses[0].unsqueeze(0) if len(losses) == 1 else torch.stack(losses)
 
     def _loop_value_and_grad(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
