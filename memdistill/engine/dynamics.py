@@ -40,6 +40,8 @@ def state_bytes(state: NamedTuple) -> int:
 class SGD:
     """Momentum SGD in floating point: can be advanced, not retreated."""
 
+    holds = False   # nothing held beside the stored states
+
     def __init__(self, gradient: Gradient, lrs: Tensor, momentum: float):
         self.gradient, self.lrs, self.momentum = gradient, lrs, momentum
 

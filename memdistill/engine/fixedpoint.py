@@ -141,6 +141,8 @@ def _checked(t: Tensor, what: str, k: int, frac_bits: int, limit: int = _LIMIT) 
 class ExactSGD:
     """Momentum SGD on a fixed-point trajectory that can be retreated exactly (bit for bit)."""
 
+    holds = True   # the bit stack grows with every step advanced
+
     def __init__(self, gradient: Gradient, lrs: Tensor, momentum: float, dtype: torch.dtype,
                  frac_bits: int = 44):
         if not isinstance(frac_bits, int) or not 8 <= frac_bits <= 60:

@@ -32,6 +32,7 @@ class Data(NamedTuple):
 
 class Dynamics(Protocol):
     momentum: float
+    holds: bool   # whether advancing or retreating changes held_bytes() (reversible's bit stack)
     def start(self, theta0: Tensor) -> NamedTuple: ...
     def advance(self, state: NamedTuple, k: int) -> NamedTuple: ...
     def retreat(self, state: NamedTuple, k: int) -> NamedTuple: ...
@@ -75,7 +76,8 @@ def run(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: 
             pool.close()
 
 
-_GROWS = (Op.STORE, Op.ADVANCE, Op.RETREAT)   # the only actions after which more can be held
+_GROWS = (Op.STORE, Op.ADVANCE, Op.RETREAT)   # the only actions after which more can be held (the last
+                                              # two only where the dynamics hold bytes: Dynamics.holds)
 
 
 def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: Data, lrs: Tensor,
@@ -109,10 +111,10 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             adj, grads = reverse_step(step, dynamics.floats(state), data.x_syn[i], data.y_syn[i],
                                       lrs[k], dynamics.momentum, adj)
             grad_lrs[k] = grads.lr
-            grad_x[i] += grads.x
+            grad_x[i].add_(grads.x)
             if grad_y is not None:
-                grad_y[i] += grads.y
-        if op in _GROWS:
+                grad_y[i].add_(grads.y)
+        if op is Op.STORE or (dynamics.holds and op in _GROWS):
             held = [pool.nbytes() for pool in stored]
             held[0] += dynamics.held_bytes()
             peaks = [max(a, b) for a, b in zip(peaks, held)]

@@ -146,10 +146,11 @@ class FusedMLPStep(GenericStep):
 
     @staticmethod
     def _targets(z: Tensor, y: Tensor) -> Tensor:
-        """y as feature-major targets broadcasting with z [B, C, b]: [(B,) C, b]."""
+        """y as feature-major targets broadcasting with z [B, C, b]: [(B,) C, b]; class ids stay
+        integers (0/1 or one-hot), which the float arithmetic they meet promotes exactly."""
         if z.shape[1] == 1:
-            return y.to(z.dtype).unsqueeze(-2)
-        t = y if y.is_floating_point() else nn.functional.one_hot(y, z.shape[1]).to(z.dtype)
+            return y.unsqueeze(-2)
+        t = y if y.is_floating_point() else nn.functional.one_hot(y, z.shape[1])
         return t.mT
 
     @staticmethod
@@ -170,7 +171,7 @@ class FusedMLPStep(GenericStep):
     def _loss(z: Tensor, t: Tensor) -> Tensor:
         """[l_j]_j [B]: mean-over-batch BCE-with-logits (C = 1) or (soft-label) cross-entropy."""
         if z.shape[1] == 1:
-            elementwise = nn.functional.binary_cross_entropy_with_logits(z, t.expand_as(z), reduction="none")
+            elementwise = nn.functional.binary_cross_entropy_with_logits(z, t.expand_as(z).to(z.dtype), reduction="none")
             return elementwise.sum((1, 2)) / z.shape[-1]
         return -(t * z.log_softmax(1)).sum((1, 2)) / z.shape[-1]
 
