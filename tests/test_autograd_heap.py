@@ -76,6 +76,7 @@ def test_trimming_changes_no_bit(name, labels, momentum, dtype, monkeypatch):
     calls = []
     real = baseline._TRIM
     monkeypatch.setattr(baseline, "_TRIM", lambda: calls.append(real()))
+    monkeypatch.setattr(baseline, "TRIM_FROM", 0)   # these tiny unrolls are trimmed too
     trimmed = autograd_unroll(*args)
     assert len(calls) == len(list(trim_points(args[2].shape[0]))) == 2
     for a, b in zip(plain, trimmed):
@@ -89,6 +90,9 @@ def test_no_trim_when_asked_not_to(monkeypatch):
     calls = []
     monkeypatch.setattr(baseline, "_TRIM", lambda: calls.append(1))
     args = inputs("mlp-binary", "int", 0.9)
+    autograd_unroll(*args)
+    assert calls == []     # 20 states of a tiny MLP: below TRIM_FROM
+    monkeypatch.setattr(baseline, "TRIM_FROM", 20 * args[3].nbytes)
     autograd_unroll(*args, trim=False)
     assert calls == []
     autograd_unroll(*args)
