@@ -273,6 +273,7 @@ def distil(
         momentum=config.momentum,
         init_lr=config.init_lr,
         outer_lr=config.outer_lr,
+        outer_lr_schedule=config.outer_lr_schedule,
         seed=config.seed + run.first,
         soft_labels=config.soft_labels,
         snapshots=config.snapshots,

@@ -45,7 +45,7 @@ from memdistill.distill.evaluation import (
     summarize,
     training_steps,
 )
-from memdistill.distill.outer import INITS, THETA0, DivergedError
+from memdistill.distill.outer import INITS, OUTER_LR_SCHEDULES, THETA0, DivergedError
 from memdistill.distill.resume import Interrupted
 from memdistill.distill.training import STRATEGIES
 from memdistill.engine.planner import parse_memory
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="random: a fresh θ0 every outer step; fixed: one θ0 for the whole run (default random)",
     )
     distill.add_argument("--soft-labels", action="store_true", help="also learn soft labels")
+    distill.add_argument("--outer-lr-schedule", choices=list(OUTER_LR_SCHEDULES), default="constant",
+                         help="Adam's rate: constant (--outer-lr throughout) or cosine (from --outer-lr down to 0 "
+                              "at the last outer step; resumes bit for bit) (default constant)")
     distill.add_argument("--memory", type=_memory, help=MEMORY_HELP + " (default: none; auto: half the free memory)")
     distill.add_argument(
         "--offload", choices=["cpu", "disk"],
@@ -475,6 +478,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     options = {**kind.distiller(), **_given(
         args, ["steps", "epochs", "per_class", "method", "momentum", "init_lr", "outer_lr", "seed", "init", "memory"])}
     distiller = Distiller(archs, **options, theta0=args.theta0, soft_labels=args.soft_labels, compile=args.compile,
+                          outer_lr_schedule=args.outer_lr_schedule,
                           offload=args.offload, offload_dir=None if args.offload_dir is None else str(args.offload_dir),
                           dtype=DTYPES[args.dtype], device=args.device, progress=not args.no_progress)
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from memdistill.apps.reproduce import Protocol
 from memdistill.data import BUNDLED, IMAGES, SYNTHETIC
-from memdistill.distill.outer import INITS, THETA0
+from memdistill.distill.outer import INITS, OUTER_LR_SCHEDULES, THETA0
 from memdistill.distill.training import STRATEGIES
 from memdistill.engine.planner import parse_memory
 from memdistill.engine.validation import METHODS
@@ -108,6 +108,8 @@ class Settings(_Table):
     offload_dir: str | None = Field(None, description="folder of `offload = \"disk\"`'s files (default: the temporary one)")
     init_lr: Rate = Field(PAPER.init_lr, description="initial value of every learned learning rate")
     outer_lr: Rate = Field(PAPER.outer_lr, description="Adam's learning rate in the outer loop")
+    outer_lr_schedule: Literal[OUTER_LR_SCHEDULES] = Field(
+        "constant", description="Adam's rate: `constant`, or `cosine` from `outer_lr` down to 0 at the last outer step")
     outer_epochs: Count = Field(PAPER.outer_epochs, description="passes over the real data")
     outer_steps: Count | None = Field(None, description="exactly this many outer steps instead of `outer_epochs`")
     batch_size: Count = Field(PAPER.batch_size, description="real objects per outer step")

@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 
 from memdistill.distill.batching import Rows, hypergradients, row_hypergradients
 from memdistill.distill.distilled import DistilledData
-from memdistill.distill.outer import INITS, THETA0, DivergedError, OuterState, balanced_labels
+from memdistill.distill.outer import (
+    INITS,
+    OUTER_LR_SCHEDULES,
+    THETA0,
+    DivergedError,
+    OuterState,
+    balanced_labels,
+    outer_lr_at,
+)
 from memdistill.distill.resume import Interrupted, data_hash, deferred_signals
 from memdistill.distill.training import mlp_rows, plain_mlp
 from memdistill.engine.hypergradient import make_step
@@ -54,6 +62,8 @@ class Distiller:
       momentum: γ of the inner SGD (torch.optim.SGD convention); "reversible" needs γ > 0.
       init_lr: initial value of every learned learning rate η̃_k.
       outer_lr: Adam's learning rate on x̃, ρ (and the soft-label logits).
+      outer_lr_schedule: "constant" (``outer_lr`` throughout) or "cosine" (from ``outer_lr`` at
+        the first outer step of a fit towards 0 at its last; :func:`memdistill.distill.outer.outer_lr_at`).
       seed: seed of every random draw (x̃ init, θ0's, real minibatches).
       soft_labels: also learn soft labels ỹ.
       snapshots: the engine's stored states for "checkpoint" (None: √n segments).
@@ -112,6 +122,7 @@ class Distiller:
         compile: bool = False,
         offload: str | None = None,
         offload_dir: str | None = None,
+        outer_lr_schedule: str = "constant",
     ):
         if isinstance(archs, (str, bytes)) or not isinstance(archs, Sequence) or len(archs) == 0:
             raise ValueError(f"Distiller: archs must be a non-empty list of model factories, got {archs!r}")
@@ -129,7 +140,8 @@ class Distiller:
         for name, value in (("init_lr", init_lr), ("outer_lr", outer_lr)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"Distiller: {name} must be positive and finite, got {value}")
-        for name, value, allowed in (("init", init, INITS), ("theta0", theta0, THETA0)):
+        for name, value, allowed in (("init", init, INITS), ("theta0", theta0, THETA0),
+                                     ("outer_lr_schedule", outer_lr_schedule, OUTER_LR_SCHEDULES)):
             if value not in allowed:
                 raise ValueError(f"Distiller: unknown {name} {value!r}; it needs to be one of {list(allowed)}")
         if not dtype.is_floating_point:
@@ -145,6 +157,7 @@ class Distiller:
         self.offload, self.offload_dir = offload, offload_dir
         self.compile = bool(compile)
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
+        self.outer_lr_schedule = outer_lr_schedule
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
         self.progress, self.init, self.theta0 = progress, init, theta0
         if restarts is not None and (not isinstance(restarts, int) or restarts < 1):
@@ -170,6 +183,7 @@ class Distiller:
             **({"compile": True} if self.compile else {}),
             "init_lr": self.init_lr,
             "outer_lr": self.outer_lr,
+            **({} if self.outer_lr_schedule == "constant" else {"outer_lr_schedule": self.outer_lr_schedule}),
             "soft_labels": self.soft_labels,
             "init": self.init,
             "theta0": self.theta0,
@@ -258,7 +272,7 @@ class Distiller:
                     except DivergedError as error:
                         last = before if previous is None else previous
                         raise self._nothing_lost(error, state, last, config, checkpoint, fingerprint) from None
-                    state.advance(losses)
+                    state.advance(losses, outer_lr_at(self.outer_lr, self.outer_lr_schedule, state.done, total))
                 previous = before
                 saved = checkpoint is not None and (state.done % save_every == 0 or state.done == total)
                 if saved:

@@ -25,12 +25,26 @@ from torch import Tensor, nn
 from memdistill.distill.distilled import DistilledData
 from memdistill.distill.resume import load_state, save_state
 
-__all__ = ["INITS", "LABEL_INIT", "THETA0", "Best", "DivergedError", "OuterState", "balanced_labels",
-           "inverse_softplus", "real_init", "soft_label_logits", "soft_labels_from_logits"]
+__all__ = ["INITS", "LABEL_INIT", "OUTER_LR_SCHEDULES", "THETA0", "Best", "DivergedError", "OuterState",
+           "balanced_labels", "inverse_softplus", "outer_lr_at", "real_init", "soft_label_logits",
+           "soft_labels_from_logits"]
 
 LABEL_INIT = 0.9
 INITS = ("noise", "real")
 THETA0 = ("random", "fixed")
+OUTER_LR_SCHEDULES = ("constant", "cosine")
+
+
+def outer_lr_at(outer_lr: float, schedule: str, step: int, total: int) -> float:
+    """Adam's learning rate for outer step ``step`` (0-based) of ``total``: ``outer_lr``
+    ("constant"), or outer_lr · (1 + cos(π · step / total)) / 2 ("cosine": outer_lr at step 0,
+    falling towards 0 at the last step). A pure function of the step: a resumed run takes the
+    same rates as an uninterrupted one."""
+    if schedule == "constant":
+        return outer_lr
+    if schedule == "cosine":
+        return outer_lr * (1 + math.cos(math.pi * step / total)) / 2
+    raise ValueError(f"outer_lr_at: unknown schedule {schedule!r}; it needs to be one of {list(OUTER_LR_SCHEDULES)}")
 
 
 class DivergedError(FloatingPointError):
@@ -279,10 +293,12 @@ class OuterState:
         self.done, self.orders = saved["done"], saved["orders"]
         self.history = [list(h[:self.done]) for h in saved.get("history", self.history)]
 
-    def advance(self, losses: list[float]) -> None:
-        """Keep the state if its R outer losses are the best yet, take one Adam step along the
-        gradients left in .grad, then record the losses."""
+    def advance(self, losses: list[float], rate: float) -> None:
+        """Keep the state if its R outer losses are the best yet, take one Adam step at learning
+        rate ``rate`` (:func:`outer_lr_at`) along the gradients left in .grad, then record the losses."""
         self.best.keep(losses, self.done, self.x_syn, self.rho, self.logits)
+        for group in self.optimiser.param_groups:
+            group["lr"] = rate
         self.optimiser.step()
         self.optimiser.zero_grad()
         for h, loss in zip(self.history, losses):
