@@ -221,3 +221,21 @@ def test_rows_do_not_depend_on_the_thread_switch(dtype):
         assert_rows_equal_rows_alone(problem, per_model=True)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_fused_sweep_runs_in_inference_mode_and_hands_out_normal_tensors(monkeypatch):
+    """The analytic step's products run under torch.inference_mode (no autograd bookkeeping);
+    what the sweep returns is made of normal tensors, which autograd and in-place ops accept."""
+    seen = []
+    reverse = FusedMLPStep._reverse
+    monkeypatch.setattr(FusedMLPStep, "_reverse",
+                        lambda self, *a: (seen.append(torch.is_inference_mode_enabled()), reverse(self, *a))[1])
+    model, x_syn, y_syn, lrs, x, y = make_problem("mlp-binary", epochs=2).args()
+    x_syn, lrs = x_syn.requires_grad_(), lrs.requires_grad_()
+    loss = md.unrolled_loss(model, x_syn, y_syn, lrs, x, y, epochs=2, step="fused")
+    loss.backward()
+    assert seen and all(seen)
+    assert not x_syn.grad.is_inference() and not lrs.grad.is_inference()
+    hg = md.hypergradient(model, x_syn.detach(), y_syn, lrs.detach(), x, y, epochs=2, step="fused")
+    assert not any(t.is_inference() for t in (hg.loss, hg.grad_x_syn, hg.grad_lrs, *hg.grad_params.values()))
+    assert not torch.is_inference_mode_enabled()   # the mode ends with the sweep

@@ -192,7 +192,7 @@ def train_full_rows(
     x, y = dataset.x_train.to(device), dataset.y_train.to(device)
     orders = zip(*(itertools.islice(minibatches(len(x), batch_size, epochs, seed), max_steps) for seed in seeds))
     velocity = None
-    with torch.no_grad():
+    with step.no_graph():
         for batches in orders:
             if batch_size is None:
                 grads = step.grad(theta, x[batches[0].to(device)], y[batches[0].to(device)])

@@ -208,7 +208,7 @@ def run_inner_loop_rows(
     or [N, B] one sequence per row (η_k of row j multiplies its v as the shared scalar would: same bits)."""
     velocity = torch.zeros_like(theta)
     rates = lrs.tolist() if lrs.dim() == 1 else lrs.to(theta.device, theta.dtype).unsqueeze(-1).unbind(0)
-    with torch.no_grad():
+    with step.no_graph():
         for k, lr in enumerate(rates):
             batch = k % x.shape[0]
             grads = step.grad(theta, x[batch], y[batch])

@@ -160,8 +160,16 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
     dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
                 else SGD(gradient, lrs, momentum))
     _, actions = schedule_of(chosen.method, n, chosen.snapshots, chosen.offload)
-    with storage_levels(chosen, offload_dir) as levels, torch.no_grad():
-        return chosen, run(actions, dynamics, step, data, lrs, theta0, levels)
+    with storage_levels(chosen, offload_dir) as levels, step.no_graph():
+        result = run(actions, dynamics, step, data, lrs, theta0, levels)
+    return chosen, _outside(result)
+
+
+def _outside(result: Sweep) -> Sweep:
+    """``result`` with tensors usable anywhere: the inference tensors of a sweep run in inference
+    mode (:meth:`GenericStep.no_graph`) cloned to normal ones (autograd and in-place ops refuse them)."""
+    return result._replace(**{name: t.clone() for name, t in result._asdict().items()
+                              if isinstance(t, Tensor) and t.is_inference()})
 
 
 def _prepare(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Tensor, y_real: Tensor,

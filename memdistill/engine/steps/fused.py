@@ -39,6 +39,7 @@ which takes a matrix-vector path for a single row or column, and B > 1 to gemm_b
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -196,6 +197,13 @@ class FusedMLPStep(GenericStep):
             loss, grad = self.value_and_grad(*_two(theta, x, y))
             return loss[:1], grad[:1]
         return self._threads(self._value_and_grad, theta, x, y)
+
+    def no_graph(self) -> contextlib.AbstractContextManager:
+        """``torch.inference_mode()``: the analytic products need no autograd, and inference mode
+        skips its bookkeeping on each of their many small ops (measured: a 1-layer / 4-layer MLP
+        sweep step 0.81 / 0.91 the time under no_grad). Tensors made inside are inference tensors:
+        callers hand out clones (:func:`memdistill.engine.hypergradient.sweep`)."""
+        return torch.inference_mode()
 
     def grad(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """g [B, P] as :meth:`value_and_grad` computes it (same bits), without the losses."""

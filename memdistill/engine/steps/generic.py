@@ -27,6 +27,7 @@ ConvNets, LayerNorm/GELU modules and MLPs: 1.1–1.6x; see bench/test_bench_gene
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -223,6 +224,12 @@ class GenericStep:
     def grad(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """g [B, P], the gradient of :meth:`value_and_grad` (a step may skip the losses)."""
         return self.value_and_grad(theta, x, y)[1]
+
+    def no_graph(self) -> contextlib.AbstractContextManager:
+        """The context in which the engine and the trainers call the products, recording no graph:
+        ``torch.no_grad()`` here (the products differentiate inside, under enable_grad); a step
+        that builds no graph itself may take ``torch.inference_mode()`` (see FusedMLPStep)."""
+        return torch.no_grad()
 
     def reverse(self, theta: Tensor, x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(g, H w, (∂g/∂x)ᵀ w, (∂g/∂y)ᵀ w or None for integer y); w [B, P]."""
