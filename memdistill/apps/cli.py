@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="run the paper's protocol, write results.json, report.md and figures",
         description="Run the paper's experiments 2-5 (and the Fig. 4 sweeps with --sweeps); paper settings by "
-        "default: 290 s on a quiet 2-core machine (--jobs: the cores). One "
+        "default: 175 s on a quiet 2-core machine (--jobs: the cores). One "
         "progress bar covers the run (its time left weighs each task by its estimated work) and a line is "
         "printed as each phase ends (baseline, distill, evaluate, sweeps, figures); --no-progress hides only "
         "the bars.",
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "--quick",
         action="store_true",
-        help="a reduced protocol that checks the pipeline end to end (9 s measured on 2 cores, plus about 3 s "
+        help="a reduced protocol that checks the pipeline end to end (9 s measured on 2 cores, plus about 2 s "
         "of Python start-up); its results, report and figures are marked as a quick run, not the reproduction: "
         + ", ".join(f"{k}={v}" for k, v in reproduce.QUICK.items()),
     )
