@@ -1,8 +1,10 @@
 """Shared problem factory and model table for the engine tests."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import pytest
@@ -128,3 +130,25 @@ class DiskFull:
     def write(self, data):
         self.file.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@contextlib.contextmanager
+def interrupted_at_outer_step(k: int) -> Iterator[None]:
+    """Inside the block, the k-th outer step of any Distiller raises KeyboardInterrupt (a crash
+    after k − 1 finished steps); the block must raise it (pytest.raises)."""
+    from memdistill.distill.distiller import Distiller
+
+    calls, original = [0], Distiller._outer_step
+
+    def failing(self, *args):
+        calls[0] += 1
+        if calls[0] == k:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    Distiller._outer_step = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Distiller._outer_step = original

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import interrupted_at_outer_step
 
 from memdistill.data import load_dataset
 from memdistill.distill.distiller import Distiller
@@ -55,21 +56,8 @@ def test_cosine_changes_the_result_and_is_recorded():
 def test_interrupted_cosine_run_resumes_bit_identical(tmp_path):
     full = fit("cosine", outer_steps=10)
     state = tmp_path / "state.pt"
-    calls = {"n": 0}
-    original = Distiller._outer_step
-
-    def failing(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    Distiller._outer_step = failing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fit("cosine", outer_steps=10, checkpoint=state)
-    finally:
-        Distiller._outer_step = original
+    with interrupted_at_outer_step(6):
+        fit("cosine", outer_steps=10, checkpoint=state)
     resumed = fit("cosine", outer_steps=10, checkpoint=state, resume=True)
     assert all(torch.equal(getattr(resumed, k), getattr(full, k)) for k in ("x", "y", "lrs"))
     assert resumed.history == full.history

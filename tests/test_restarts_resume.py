@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import interrupted_at_outer_step
 from torch import nn
 
 from memdistill.data import load_dataset
@@ -61,21 +62,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     state = tmp_path / "state.pt"
     # Interrupt the checkpointed run in its 6th of 12 outer steps (the SIGKILL version of this
     # test runs a whole batch job in a subprocess: tests/test_batch.py).
-    calls = {"n": 0}
-    original = Distiller._outer_step
-
-    def failing(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    Distiller._outer_step = failing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fit(outer_epochs=3, checkpoint=state, save_every=1)
-    finally:
-        Distiller._outer_step = original
+    with interrupted_at_outer_step(6):
+        fit(outer_epochs=3, checkpoint=state, save_every=1)
     resumed = fit(outer_epochs=3, checkpoint=state, save_every=1, resume=True)
     assert same_bits(resumed, full)
     assert same_bits(fit(outer_epochs=3, checkpoint=state, resume=True), full)  # finished: returns at once
