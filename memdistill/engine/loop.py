@@ -15,7 +15,7 @@ from torch import Tensor
 
 from memdistill.engine.dynamics import Adjoint, State, reverse_step
 from memdistill.engine.pool import Pool
-from memdistill.engine.schedules import Action, Op, counts, level_slots
+from memdistill.engine.schedules import Action, Op, counts
 from memdistill.engine.steps.generic import GenericStep
 
 __all__ = ["Data", "Dynamics", "Sweep", "run"]
@@ -64,7 +64,7 @@ def run(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: 
     n, s = lrs.shape[0], data.x_syn.shape[0]
     state = dynamics.start(theta0)
     stored: list[Pool] = []
-    slots = counts(actions, n).levels if getattr(actions, "key", None) is not None else level_slots(actions)
+    slots = counts(actions, n).levels   # checks the schedule first (remembered for the generators' own)
     if len(slots) > 1 + len(levels):
         raise ValueError(f"run: the schedule stores on level {len(slots) - 1} but only levels 0..{len(levels)} have pools")
     try:
@@ -76,8 +76,7 @@ def run(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: 
             pool.close()
 
 
-_GROWS = (Op.STORE, Op.ADVANCE, Op.RETREAT)   # the only actions after which more can be held (the last
-                                              # two only where the dynamics hold bytes: Dynamics.holds)
+_MOVES = (Op.ADVANCE, Op.RETREAT)   # after which dynamics that hold bytes (Dynamics.holds) may hold more
 
 
 def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: Data, lrs: Tensor,
@@ -114,7 +113,7 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             grad_x[i].add_(grads.x)
             if grad_y is not None:
                 grad_y[i].add_(grads.y)
-        if op is Op.STORE or (dynamics.holds and op in _GROWS):
+        if op is Op.STORE or (dynamics.holds and op in _MOVES):
             held = [pool.nbytes() for pool in stored]
             held[0] += dynamics.held_bytes()
             peaks = [max(a, b) for a, b in zip(peaks, held)]

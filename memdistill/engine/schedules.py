@@ -35,7 +35,7 @@ from typing import NamedTuple
 __all__ = [
     "Op", "Action", "ScheduleStats", "store_all", "periodic", "binomial", "reversible",
     "simulate", "binomial_cost", "max_stored", "relevel", "two_level", "two_level_cost", "two_level_slots",
-    "level_slots", "Lazy", "lazy", "Counts", "counts",
+    "Lazy", "lazy", "Counts", "counts",
 ]
 
 
@@ -376,19 +376,6 @@ def max_stored(actions: list[Action], level: int | None = None) -> int:
         elif op is Op.FREE:
             held -= 1
     return peak
-
-
-def level_slots(actions: list[Action]) -> tuple[int, ...]:
-    """:func:`max_stored` of each level 0, 1, … up to the highest used, in one pass."""
-    held: dict[int, int] = {}
-    peak: dict[int, int] = {}
-    for op, _, level in actions:
-        if op is Op.STORE:
-            held[level] = held.get(level, 0) + 1
-            peak[level] = max(peak.get(level, 0), held[level])
-        elif op is Op.FREE:
-            held[level] -= 1
-    return tuple(peak.get(level, 0) for level in range(max(peak, default=0) + 1))
 
 
 def _where(i: int, op: Op, k: int, level: int) -> str:
