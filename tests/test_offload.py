@@ -15,8 +15,9 @@ from conftest import make_problem, max_rel_error
 import memdistill as md
 from memdistill.engine import loop, pool, schedules
 from memdistill.engine.dynamics import SGD
-from memdistill.engine.hypergradient import make_step, storage_levels
+from memdistill.engine.hypergradient import make_step
 from memdistill.engine.planner import Plan, Sizes, choose, predict
+from memdistill.engine.pool import storage_levels
 
 Op, Action = schedules.Op, schedules.Action
 

@@ -1,13 +1,7 @@
 """``hypergradient``: the public entry point of the engine (Algorithms 2 and 3 of PAPER.md)."""
 from __future__ import annotations
 
-import contextlib
-import errno
-import functools
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +22,7 @@ from memdistill.engine.planner import (
     predict,
     schedule_of,
 )
-from memdistill.engine.pool import FilePool, HostPool
+from memdistill.engine.pool import storage_levels
 from memdistill.engine.steps.extension import ExtensionMLPStep, backend_info
 from memdistill.engine.steps.fused import FusedMLPStep, is_plain_mlp, mlp_layers
 from memdistill.engine.steps.generic import GenericStep, LossFn
@@ -108,32 +102,6 @@ def plan_sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momen
     return plan
 
 
-@contextlib.contextmanager
-def storage_levels(plan: Plan, offload_dir: str | None = None) -> Iterator[tuple]:
-    """The pool factories of the levels above memory that ``plan`` stores on (for
-    :func:`~memdistill.engine.loop.run`). "disk": checks the free space of ``offload_dir``
-    (None: the temporary directory) against ``plan.levels`` before any work (OSError), makes a
-    fresh directory in it for the files and removes it on the way out, failure included."""
-    if plan.offload == "cpu":
-        yield (HostPool,)
-        return
-    if plan.offload != "disk":
-        yield ()
-        return
-    where = str(offload_dir) if offload_dir is not None else tempfile.gettempdir()
-    try:
-        directory = tempfile.TemporaryDirectory(prefix="memdistill-offload-", dir=where)
-    except OSError as e:
-        raise type(e)(e.errno, f"hypergradient: offload_dir={where!r} is not writable: {e.strerror}") from e
-    with directory as path:
-        need, free = dict(plan.levels)["disk"], shutil.disk_usage(path).free
-        if need > free:
-            raise OSError(errno.ENOSPC, f"hypergradient: offload='disk' needs {format_bytes(need)} for "
-                          f"{plan.steps} steps in offload_dir={where!r}, but only {format_bytes(free)} is free; "
-                          "pass another offload_dir or more memory (fewer snapshots go to disk)")
-        yield (functools.partial(FilePool, directory=path),)
-
-
 def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float = 0.0,
           method: str = "checkpoint", snapshots: int | None = None, frac_bits: int = 44,
           memory: int | None = None, offload: str | None = None,
@@ -145,7 +113,7 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
     the shapes): x_syn [s, B, b, *in], y_syn [s, B, b(, C)], x_real [B, N, *in], y_real
     [B, N(, C)]; lrs [n] shared or [n, B, 1] one rate per model. ``method`` may be "auto" and
     ``memory`` a budget in bytes (:func:`plan_sweep`); ``offload`` None, "cpu" or "disk" (files
-    in a fresh directory under ``offload_dir``, removed at the end: :func:`storage_levels`). Returns (the :class:`~memdistill.engine.planner.Plan`
+    in a fresh directory under ``offload_dir``, removed at the end: :func:`~memdistill.engine.pool.storage_levels`). Returns (the :class:`~memdistill.engine.planner.Plan`
     it ran, :class:`~memdistill.engine.loop.Sweep`) whose gradients have the shapes of the
     inputs (of the summed losses) and whose loss holds the B models' outer losses [B].
     """

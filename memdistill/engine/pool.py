@@ -16,20 +16,27 @@ The second storage level of ``offload`` (:func:`memdistill.engine.schedules.rele
 :func:`~memdistill.engine.schedules.two_level`) is another pool with the same ``store`` /
 ``restore`` / ``free`` / ``nbytes`` / ``close``: :class:`HostPool` (pinned host memory, copies on
 a side CUDA stream) and :class:`FilePool` (a memory-mapped file). The engine picks a pool by the
-level an action names and knows nothing of streams or files.
+level an action names and knows nothing of streams or files; :func:`storage_levels` makes the
+levels a :class:`~memdistill.engine.planner.Plan` needs (and the offload directory).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from memdistill.engine.dynamics import state_bytes
+from memdistill.engine.planner import Plan, format_bytes
 
-__all__ = ["Pool", "HostPool", "FilePool"]
+__all__ = ["Pool", "HostPool", "FilePool", "storage_levels"]
 
 
 class Pool:
@@ -167,3 +174,29 @@ class FilePool(Pool):
             if os.path.exists(path):
                 os.remove(path)
         self.paths = []
+
+
+@contextlib.contextmanager
+def storage_levels(plan: Plan, offload_dir: str | None = None) -> Iterator[tuple]:
+    """The pool factories of the levels above memory that ``plan`` stores on (for
+    :func:`~memdistill.engine.loop.run`). "disk": checks the free space of ``offload_dir``
+    (None: the temporary directory) against ``plan.levels`` before any work (OSError), makes a
+    fresh directory in it for the files and removes it on the way out, failure included."""
+    if plan.offload == "cpu":
+        yield (HostPool,)
+        return
+    if plan.offload != "disk":
+        yield ()
+        return
+    where = str(offload_dir) if offload_dir is not None else tempfile.gettempdir()
+    try:
+        directory = tempfile.TemporaryDirectory(prefix="memdistill-offload-", dir=where)
+    except OSError as e:
+        raise type(e)(e.errno, f"hypergradient: offload_dir={where!r} is not writable: {e.strerror}") from e
+    with directory as path:
+        need, free = dict(plan.levels)["disk"], shutil.disk_usage(path).free
+        if need > free:
+            raise OSError(errno.ENOSPC, f"hypergradient: offload='disk' needs {format_bytes(need)} for "
+                          f"{plan.steps} steps in offload_dir={where!r}, but only {format_bytes(free)} is free; "
+                          "pass another offload_dir or more memory (fewer snapshots go to disk)")
+        yield (functools.partial(FilePool, directory=path),)
