@@ -358,6 +358,7 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
     for method in methods:
         last: dict[str, Any] | None = None
         budget_of = memory if method == "auto" else None
+        offload_of = offload if method in OFFLOADING else None
         for n in sorted(ns):
             limit = budget * (torch.cuda.mem_get_info()[0] if device.startswith("cuda") else available_memory())
             need = last["peak_bytes"] * n / last["n"] if last else 0.0
@@ -367,10 +368,10 @@ def profile(ns: Sequence[int], methods: Sequence[str], *, width: int = 256, dept
                        f"n={last['n']}), over {budget:.0%} of the {limit / budget / 2**30:.1f} GiB available"}
             elif device.startswith("cuda"):
                 row = last = measure(method, n, momentum=momentum, device=device, problem=problem, memory=budget_of,
-                                     offload=offload if method in OFFLOADING else None)
+                                     offload=offload_of)
             else:
                 row = last = measure_in_fresh_process(method, n, momentum=momentum, problem=problem, memory=budget_of,
-                                                      offload=offload if method in OFFLOADING else None)
+                                                      offload=offload_of)
             rows.append(row)
             if on_row:
                 on_row(row)
