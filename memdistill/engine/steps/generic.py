@@ -48,7 +48,6 @@ __all__ = ["GenericStep", "default_loss", "LossFn", "SECOND_ORDER", "compile_sec
 SECOND_ORDER = ("reverse", "forward")
 # Errors with which torch.func refuses a module (vmap or grad transform); anything else propagates.
 _TRANSFORM_ERRORS = (RuntimeError, NotImplementedError, ValueError, TypeError)
-PRODUCTS = ("loss", "value_and_grad", "reverse")
 # torch.compile'd batched products, shared by the steps of one architecture (its constants are
 # arguments, so a fresh model of the same architecture reuses the compiled code); the shapes
 # each has been compiled for; and the keys whose compilation failed, with the reason.
