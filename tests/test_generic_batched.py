@@ -240,3 +240,36 @@ def test_shared_parameters_get_the_gradient_of_every_use(name, B):
     nn.functional.cross_entropy(model(x), y).backward()
     want = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert g.shape == (B, want.numel()) and rel(g[-1], want) <= 1e-13
+
+
+class Fails(nn.Module):
+    """A module whose forward fails on a negative input, after reading its parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2).double()
+        self.register_buffer("scale", torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x) * self.scale
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return out
+
+
+def test_loop_binding_restores_the_module_on_success_and_failure():
+    """The loop binds a row's values into the module's own slots for the call: afterwards (and
+    after a forward that raised) the module holds its own parameter and buffer objects again."""
+    model = Fails()
+    before = [*model.named_parameters(), *model.named_buffers()]
+    step = GenericStep(model, batched=False)
+    theta = step.flatten() + 1
+    out = step.forward(theta[0], torch.ones(4, 3, dtype=torch.float64))
+    want = nn.functional.linear(torch.ones(4, 3, dtype=torch.float64), *[t.view(s) for t, s in
+                                zip(theta[0].split(step.sizes), step.shapes)]) * 2
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="negative input"):
+        step.forward(theta[0], -torch.ones(4, 3, dtype=torch.float64))
+    after = [*model.named_parameters(), *model.named_buffers()]
+    assert [n for n, _ in after] == [n for n, _ in before] and all(a is b for (_, a), (_, b) in zip(after, before))
+    assert all(p.is_leaf for p in model.parameters())
