@@ -81,5 +81,5 @@ def reverse_step(step: GenericStep, state: State, x: Tensor, y: Tensor, lr: Tens
     w = -lr * adj.theta if adj.v is None else adj.v - lr * adj.theta
     g, hvp, dx, dy = step.reverse(state.theta, x, y, w)
     v_next = g if state.v is None else momentum * state.v + g
-    grads = StepGrads((-adj.theta * v_next).sum_to_size(lr.shape), dx, dy)
+    grads = StepGrads((adj.theta * v_next).sum_to_size(lr.shape).neg_(), dx, dy)   # −⟨dθ, v_{k+1}⟩
     return Adjoint(adj.theta + hvp, None if state.v is None else momentum * w), grads
