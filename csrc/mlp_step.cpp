@@ -170,8 +170,7 @@ class GroupStep {
     const int64_t b = pr.b, wmax = *std::max_element(pr.n.begin(), pr.n.end());
     int64_t hidden = 0;
     for (int64_t l = 0; l < pr.L; ++l) hidden += b * pr.n[l];
-    buf_.resize(M * (4 * pr.P + 2 * hidden + 3 * b * pr.C + 4 * b * wmax));
-    T* q = buf_.data();
+    T* q = workspace(M * (4 * pr.P + 2 * hidden + 3 * b * pr.C + 4 * b * wmax));
     auto take = [&q](int64_t k) { T* r = q; q += k * M; return r; };
     th_ = take(pr.P), w_ = take(pr.P), g_ = take(pr.P), hw_ = take(pr.P);
     for (int64_t l = 0; l < pr.L; ++l) h_[l] = take(b * pr.n[l]), hd_[l] = take(b * pr.n[l]);
@@ -305,10 +304,17 @@ class GroupStep {
     }
   }
 
+  // This thread's scratch of at least `size` entries, kept between calls (every entry is
+  // written before it is read, so it is neither cleared nor freed: no allocation per call).
+  static T* workspace(int64_t size) {
+    static thread_local std::vector<T> buffer;
+    if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+    return buffer.data();
+  }
+
   const MlpProblem& pr_;
   const Io<T>& io_;
   const bool reverse_;
-  std::vector<T> buf_;
   std::vector<T*> h_, hd_;  // h_l, ḣ_l [b, n_l] per lane for l < L
   std::vector<T> head_;     // one row's C-vectors for the head
   T *th_, *w_, *g_, *hw_, *z_, *zd_, *p_;
