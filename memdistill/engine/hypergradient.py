@@ -122,8 +122,10 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
     if chosen.method == "autograd":
         return chosen, autograd_unroll(step, data, lrs, theta0, momentum)
 
+    xs, ys = data.x_syn.unbind(0), data.y_syn.unbind(0)   # views made once, not per step
+
     def gradient(theta: Tensor, k: int) -> Tensor:
-        return step.grad(theta, data.x_syn[k % s], data.y_syn[k % s])
+        return step.grad(theta, xs[k % s], ys[k % s])
 
     dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
                 else SGD(gradient, lrs, momentum))

@@ -88,6 +88,10 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
     grad_lrs: list[Tensor] = []   # ∂L/∂η_k for k = n − 1, …, 0: the order every schedule reverses in
     grad_x = torch.zeros_like(data.x_syn)
     grad_y = torch.zeros_like(data.y_syn) if data.y_syn.is_floating_point() else None
+    # The s batches and their gradient rows as views made once (indexing a tensor per step costs
+    # more than the C++ step's products at the paper's sizes).
+    xs, ys, dxs = data.x_syn.unbind(0), data.y_syn.unbind(0), grad_x.unbind(0)
+    dys = None if grad_y is None else grad_y.unbind(0)
     for op, k, level in actions:
         if op is Op.ADVANCE:
             state = dynamics.advance(state, k)
@@ -107,12 +111,11 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             adj = Adjoint(dtheta, None if floats.v is None else torch.zeros_like(dtheta))
         else:  # REVERSE of inner step k (Algorithm 3, with momentum)
             i = k % s
-            adj, grads = reverse_step(step, dynamics.floats(state), data.x_syn[i], data.y_syn[i],
-                                      lrs[k], dynamics.momentum, adj)
+            adj, grads = reverse_step(step, dynamics.floats(state), xs[i], ys[i], lrs[k], dynamics.momentum, adj)
             grad_lrs.append(grads.lr)
-            grad_x[i].add_(grads.x)
-            if grad_y is not None:
-                grad_y[i].add_(grads.y)
+            dxs[i].add_(grads.x)
+            if dys is not None:
+                dys[i].add_(grads.y)
         if op is Op.STORE or (dynamics.holds and op in _MOVES):
             held = [pool.nbytes() for pool in stored]
             held[0] += dynamics.held_bytes()
