@@ -239,3 +239,85 @@ def test_the_fused_sweep_runs_in_inference_mode_and_hands_out_normal_tensors(mon
     hg = md.hypergradient(model, x_syn.detach(), y_syn, lrs.detach(), x, y, epochs=2, step="fused")
     assert not any(t.is_inference() for t in (hg.loss, hg.grad_x_syn, hg.grad_lrs, *hg.grad_params.values()))
     assert not torch.is_inference_mode_enabled()   # the mode ends with the sweep
+
+
+def test_gathered_blocks_are_the_layers_matrices():
+    """The blocks each call gathers from θ (and w) are [W, b; 0, 1] (the first with `in` zero
+    columns, the last without [0, 1]) and [W, 0, b; Ẇ, W, ḃ; 0, 0, 1] of every layer."""
+    torch.manual_seed(0)
+    step = FusedMLPStep(mlp([3, 4, 2, 5]).double())
+    B, P = 2, step.flatten().shape[1]
+    theta, w = torch.randn(B, P, dtype=torch.float64), torch.randn(B, P, dtype=torch.float64)
+    ends = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(B, 1)
+    grad_fetch, _, pair_fetch, _ = step.indices[torch.device("cpu")]
+    gathered = torch.cat([theta, ends], 1)[:, grad_fetch]
+    pairs = torch.cat([theta, w, ends], 1)[:, pair_fetch]
+    zeros, ones = (lambda *s: torch.zeros(B, *s, dtype=torch.float64)), (lambda *s: torch.ones(B, *s, dtype=torch.float64))
+    for l, ((W, b), (Wd, bd)) in enumerate(zip(step.params(theta), step.params(w))):
+        (o, i), last = W.shape[1:], l == len(step.layers) - 1
+        rows = [W] + [zeros(o, i)] * (l == 0) + [b]
+        G = torch.cat(rows, 2)
+        G = G if last else torch.cat([G, torch.cat([zeros(1, G.shape[2] - 1), ones(1, 1)], 2)], 1)
+        o_, i_, R, K, at, _ = step.grad_layout[l]
+        assert (o_, i_, R, K) == (o, i, *G.shape[1:])
+        assert torch.equal(gathered[:, at:at + R * K].view(B, R, K), G)
+        F = torch.cat([torch.cat([W, zeros(o, i), b], 2), torch.cat([Wd, W, bd], 2),
+                       torch.cat([zeros(1, 2 * i), ones(1, 1)], 2)], 1)
+        at = step.pair_layout[l][2]
+        assert torch.equal(pairs[:, at:at + F[0].numel()].view(B, *F.shape[1:]), F)
+
+
+def test_held_constants_follow_the_call_and_serve_outside_inference_mode():
+    """The step keeps the constant parts of its blocks for the last (B, b, dtype, device): calls
+    that change them, in and out of inference mode, give what a fresh step gives."""
+    problems = [rows_problem([2, 5, 1], b, dtype, "soft", per_model) for b, dtype, per_model in
+                [(4, torch.float64, True), (3, torch.float32, False), (4, torch.float64, True)]]
+    step = FusedMLPStep(mlp([2, 5, 1]))
+    for k, (fresh, theta, w, x, y) in enumerate(problems):
+        B = 3 + k
+        args = (theta[:B], x[:B] if x.dim() == 3 else x, y[:B] if x.dim() == 3 else y)
+        with torch.inference_mode(k % 2 == 0):
+            got = step.reverse(*args, w[:B]) + (step.grad(*args),)
+        ref = fresh.reverse(*args, w[:B]) + (fresh.grad(*args),)
+        for a, b in zip(got, ref):
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+        assert not step._constants[1].is_inference() and step._constants[0][:3] == (B, args[1].shape[-2], theta.dtype)
+
+
+def test_strided_theta_and_direction_give_the_same_bits():
+    step, theta, w, x, y = rows_problem([2, 10, 10, 10, 1], 8, torch.float32, "int", per_model=True)
+    wide = torch.zeros(theta.shape[0], 2 * theta.shape[1])
+    strided_theta, strided_w = wide[:, ::2].copy_(theta), wide[:, 1::2].copy_(w)
+    assert not strided_theta.is_contiguous()
+    for a, b in zip(step.reverse(strided_theta, x, y, strided_w), step.reverse(theta, x, y, w)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(step.grad(strided_theta, x, y), step.grad(theta, x, y))
+
+
+@pytest.mark.parametrize("sizes, b", [([2, 10, 10, 10, 1], 8), ([3, 5, 4], 3), ([1, 4, 1], 1)])
+@pytest.mark.parametrize("labels", ["int", "soft"])
+@pytest.mark.parametrize("per_model", [False, True], ids=["shared", "per-model"])
+def test_the_gathered_blocks_agree_with_the_views_of_theta(sizes, b, labels, per_model, monkeypatch):
+    """Small steps take the gathered blocks; their products equal the views' (one product per
+    term) to rounding, in float64."""
+    step, theta, w, x, y = rows_problem(sizes, b, torch.float64, labels, per_model)
+    assert step._blocks(x)
+    blocks = step.reverse(theta, x, y, w) + step.value_and_grad(theta, x, y)
+    monkeypatch.setattr(FusedMLPStep, "_blocks", lambda self, x: False)
+    views = step.reverse(theta, x, y, w) + step.value_and_grad(theta, x, y)
+    for a, ref in zip(blocks, views):
+        assert (a is None) == (ref is None)
+        if a is not None:
+            assert a.shape == ref.shape and rel(a, ref) <= 1e-12
+
+
+def test_which_steps_take_the_gathered_blocks():
+    """The paper's MLPs on a synthetic batch do; no hidden layer, a layer wider than
+    BLOCKS_WIDEST or a batch over BLOCKS_BATCH takes the views of θ, whatever B."""
+    from memdistill.engine.steps.fused import BLOCKS_BATCH
+
+    def takes(sizes, b):
+        return FusedMLPStep(mlp(sizes))._blocks(torch.zeros(b, sizes[0]))
+
+    assert takes([2, 10, 10, 10, 1], 8) and takes([2, 10, 1], BLOCKS_BATCH) and takes([2, 16, 16, 3], 1)
+    assert not takes([2, 1], 8) and not takes([2, 17, 16, 1], 8) and not takes([2, 10, 1], BLOCKS_BATCH + 1)
