@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="run the paper's protocol, write results.json, report.md and figures",
         description="Run the paper's experiments 2-5 (and the Fig. 4 sweeps with --sweeps); paper settings by "
-        "default: 175 s on a quiet 2-core machine (--jobs: the cores). One "
+        "default: 141 s on a quiet 2-core machine (--jobs: the cores). One "
         "progress bar covers the run (its time left weighs each task by its estimated work) and a line is "
         "printed as each phase ends (baseline, distill, evaluate, sweeps, figures); --no-progress hides only "
         "the bars.",
