@@ -85,7 +85,7 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
     peaks = [0] * len(stored)
     adj: Adjoint | None = None
     loss: Tensor | None = None
-    grad_lrs: list[Tensor] = []   # ∂L/∂η_k for k = n − 1, …, 0: the order every schedule reverses in
+    grad_lrs = torch.zeros_like(lrs)
     grad_x = torch.zeros_like(data.x_syn)
     grad_y = torch.zeros_like(data.y_syn) if data.y_syn.is_floating_point() else None
     # The s batches and their gradient rows as views made once (indexing a tensor per step costs
@@ -112,7 +112,7 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
         else:  # REVERSE of inner step k (Algorithm 3, with momentum)
             i = k % s
             adj, grads = reverse_step(step, dynamics.floats(state), xs[i], ys[i], lrs[k], dynamics.momentum, adj)
-            grad_lrs.append(grads.lr)
+            grad_lrs[k] = grads.lr
             dxs[i].add_(grads.x)
             if dys is not None:
                 dys[i].add_(grads.y)
@@ -121,4 +121,4 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             held[0] += dynamics.held_bytes()
             peaks = [max(a, b) for a, b in zip(peaks, held)]
             peak = max(peak, sum(held))
-    return Sweep(loss, adj.theta, torch.stack(grad_lrs[::-1]), grad_x, grad_y, forward, peak, tuple(peaks))
+    return Sweep(loss, adj.theta, grad_lrs, grad_x, grad_y, forward, peak, tuple(peaks))
