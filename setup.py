@@ -30,8 +30,32 @@ def extension() -> dict:
     if torch.version.cuda and CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
         kind, flags["nvcc"] = CUDAExtension, ["-O3"]
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    class Build(BuildExtension):
+        """BuildExtension that leaves, beside a native build, the building CPU's flags
+        (``_C.cpu_flags``, the "flags" line of /proc/cpuinfo): memdistill.engine.steps.extension
+        refuses to load the extension on a CPU that lacks an instruction set of them (an illegal
+        instruction would kill the process) and says why."""
+
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            # Beside the built module, and in the source tree for an editable install (whose
+            # module setuptools copies there).
+            targets = {os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_C.cpu_flags")}
+            if getattr(self, "editable_mode", False):
+                targets.add(os.path.join(*ext.name.split(".")[:-1], "_C.cpu_flags"))
+            line = ""
+            if native and os.path.exists("/proc/cpuinfo"):
+                with open("/proc/cpuinfo") as f:
+                    line = next((entry for entry in f if entry.startswith("flags")), "")
+            for target in targets:
+                if os.path.exists(target):
+                    os.remove(target)
+                if line:
+                    with open(target, "w") as f:
+                        f.write(line.partition(":")[2].strip() + "\n")
+
     return {"ext_modules": [kind("memdistill.engine.steps._C", sources, extra_compile_args=flags, py_limited_api=True)],
-            "cmdclass": {"build_ext": BuildExtension}}
+            "cmdclass": {"build_ext": Build}}
 
 
 setup(**extension())

@@ -122,3 +122,20 @@ def test_backend_info_and_fallback(monkeypatch):
     assert ops.mlp_reverse(theta, x, y.argmax(-1), w, CASES[3][0])[3].shape == (0,)
     with pytest.raises(RuntimeError, match="MEMDISTILL_BUILD_EXT=1"):
         ops.ExtensionMLPStep(ref.model)
+
+
+def test_a_native_build_is_not_loaded_on_a_cpu_without_its_instruction_sets(tmp_path, monkeypatch):
+    """setup.py leaves the building CPU's flags beside a native build; a CPU that lacks one of its
+    instruction sets gets no extension (an illegal instruction would kill the process) and a
+    reason that says which and what to do."""
+    built, cpu = tmp_path / "_C.cpu_flags", tmp_path / "cpuinfo"
+    built.write_text("fpu sse2 avx2 avx512f fma ht\n")
+    cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert ops.missing_instruction_sets(built, cpu) == ["avx512f"]
+    cpu.write_text("flags\t\t: fpu sse2 avx2 avx512f fma\n")      # "ht" is no instruction set
+    assert ops.missing_instruction_sets(built, cpu) == []
+    assert ops.missing_instruction_sets(tmp_path / "portable", cpu) == []   # no file: a portable build
+    assert ops.missing_instruction_sets(built, tmp_path / "no-cpuinfo") == []
+    monkeypatch.setattr(ops, "missing_instruction_sets", lambda: ["avx512f"])
+    module, reason = ops._load()
+    assert module is None and "avx512f" in reason and "MEMDISTILL_PORTABLE=1" in reason

@@ -20,22 +20,56 @@ and second derivatives the engine needs, so gradcheck does not apply to them.
 from __future__ import annotations
 
 import functools
+import importlib
+import re
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from memdistill.engine.steps.fused import FusedMLPStep
 
-__all__ = ["ExtensionMLPStep", "backend_info", "extension_available", "mlp_reverse", "mlp_value_and_grad"]
+__all__ = ["ExtensionMLPStep", "backend_info", "extension_available", "missing_instruction_sets",
+           "mlp_reverse", "mlp_value_and_grad"]
 
 _BUILD_HINT = "build it with MEMDISTILL_BUILD_EXT=1 pip install --no-build-isolation -e ."
+# The CPU flags that name instruction sets a compiler may use (-march=native): what a native
+# build needs of the CPU it runs on.
+_INSTRUCTION_SETS = re.compile(r"(sse|ssse|avx|fma|f16c|bmi|popcnt|movbe|abm|adx|sha|vaes|vpclmul|gfni|amx)")
+# The building CPU's flags, written by setup.py beside a native (-march=native) build.
+BUILD_FLAGS = Path(__file__).with_name("_C.cpu_flags")
 
-try:
-    import memdistill.engine.steps._C as _C  # registers torch.ops.memdistill.*
-except ImportError as error:
-    _C, _REASON = None, f"memdistill.engine.steps._C not importable ({type(error).__name__}: {error}); {_BUILD_HINT}"
-else:
-    _REASON = f"memdistill.engine.steps._C loaded from {_C.__file__} (built with MEMDISTILL_BUILD_EXT=1)"
+
+def missing_instruction_sets(built: Path = BUILD_FLAGS, cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Instruction sets of the CPU the extension was built for (``built``) that this CPU
+    (``cpuinfo``'s "flags" line) lacks; [] for a portable build or where either is unknown."""
+    try:
+        wanted = set(built.read_text().split())
+        here = next((line.partition(":")[2].split() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("flags")), None)
+    except OSError:
+        return []
+    if here is None:
+        return []
+    return sorted(flag for flag in wanted - set(here) if _INSTRUCTION_SETS.match(flag))
+
+
+def _load() -> tuple[object | None, str]:
+    """(the module memdistill.engine.steps._C or None, why), importing it only where this CPU has
+    every instruction set it was built for (its kernels would die on an illegal instruction)."""
+    missing = missing_instruction_sets()
+    if missing:
+        return None, (f"memdistill.engine.steps._C not loaded: it was built for a CPU with {', '.join(missing)}, "
+                      f"which this one lacks; rebuild it on this machine, or with MEMDISTILL_PORTABLE=1 for any "
+                      f"x86-64 ({_BUILD_HINT})")
+    try:
+        module = importlib.import_module("memdistill.engine.steps._C")  # registers torch.ops.memdistill.*
+    except ImportError as error:
+        return None, f"memdistill.engine.steps._C not importable ({type(error).__name__}: {error}); {_BUILD_HINT}"
+    return module, f"memdistill.engine.steps._C loaded from {module.__file__} (built with MEMDISTILL_BUILD_EXT=1)"
+
+
+_C, _REASON = _load()
 
 
 def extension_available() -> bool:
