@@ -101,18 +101,6 @@ def _untracked(model: nn.Module) -> nn.Module:
     return twin
 
 
-def _tied(model: nn.Module) -> bool:
-    """Whether a tensor sits in two module slots (weight tying: ``b.weight = a.weight``). Then
-    functional_call must give every slot the row's value (``tie_weights=True``, which costs more
-    than a small model's forward). A module used twice (``Sequential(f, g, f)``) has one slot
-    under two names, which needs nothing (and which ``tie_weights=True`` would leave swapped)."""
-    slots: dict[int, set[tuple[int, str]]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        owner, _, attr = name.rpartition(".")
-        slots.setdefault(id(t), set()).add((id(model.get_submodule(owner)), attr))
-    return any(len(where) > 1 for where in slots.values())
-
-
 Slot = tuple[dict, str, str]   # (a module's _parameters or _buffers, its key there, the tensor's name)
 
 
@@ -203,8 +191,12 @@ class GenericStep:
         # must not touch the caller's.
         self.constants = {k: t.detach().clone() for k, t in
                           [*model.named_parameters(), *model.named_buffers()] if k not in trained}
-        self.tied = _tied(model)
         self.slots = _slots(model)
+        # Weight tying (b.weight = a.weight: one tensor in two slots) needs functional_call's
+        # tie_weights=True, which costs more than a small model's forward; a module used twice
+        # (Sequential(f, g, f)) has one slot under two names and needs nothing (tie_weights=True
+        # would leave it swapped).
+        self.tied = len({name for *_, name in self.slots}) < len(self.slots)
         # The torch.func copy runs its nn.Conv2d as conv.BatchedConv2d, whose vmap rule beats
         # vmap's own NCHW grouped conv on a CPU (ten LeNets on 28x28, 10 images each: reverse
         # 1.7x, value_and_grad 1.8x faster); reverse mode only (it has no jvp), and not under
