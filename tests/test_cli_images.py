@@ -32,6 +32,19 @@ def test_distill_digits_images_with_lenet_writes_data_grid_and_accuracies(tmp_pa
     assert (tmp_path / "evaluation.json").is_file()
 
 
+def test_images_default_to_the_fastest_method_that_fits_with_checkpoints_bits(tmp_path):
+    """Images run method "auto" by default (LeNet's 30 steps fit: autograd or replay, faster than
+    checkpoint); every float method computes the same hypergradient, so the result has checkpoint's bits."""
+    runs = {}
+    for method in ([], ["--method", "checkpoint"]):
+        out = tmp_path / (method[-1] if method else "default")
+        main(["distill", "--data", "digits-images", "--inits", "0", *TINY, *method, "--out", str(out)])
+        runs[out.name] = DistilledData.load(out / "distilled.safetensors")
+    assert runs["default"].config["method"] == "auto" and runs["checkpoint"].config["method"] == "checkpoint"
+    for field in ("x", "y", "lrs"):
+        assert torch.equal(getattr(runs["default"], field), getattr(runs["checkpoint"], field)), field
+
+
 def test_an_import_string_architecture_and_an_npz_data_set(tmp_path, monkeypatch, capsys):
     (tmp_path / "mynets.py").write_text(textwrap.dedent("""
         from torch import nn
@@ -97,7 +110,7 @@ def test_cuda_device_on_a_machine_without_cuda_is_a_clear_error(tmp_path, capsys
 
 @pytest.mark.slow
 def test_the_default_digits_images_run_teaches_fresh_lenets(tmp_path, capsys):
-    """The README's image command on its defaults (≈ 3 minutes): fresh random-init LeNets trained
+    """The README's image command on its defaults (≈ 2.5 minutes): fresh random-init LeNets trained
     on the 100 distilled images for 30 steps reach the measured level (0.80–0.82, README)."""
     main(["distill", "--data", "digits-images", "--no-progress", "--out", str(tmp_path)])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lenet: 10 fresh models"))

@@ -199,7 +199,8 @@ def _add_distill_options(parser: argparse.ArgumentParser, images: bool = False, 
     """Options shared by distill and reproduce (reproduce's defaults depend on --quick)."""
     _add_options(parser, DISTILL_OPTIONS if images else
                  {k: v for k, v in DISTILL_OPTIONS.items() if k != "outer_steps"}, images)
-    parser.add_argument("--method", choices=METHODS, help=f"hypergradient method (default {method})")
+    shown = f"{method}; images {IMAGE.method}" if images and IMAGE.method != method else method
+    parser.add_argument("--method", choices=METHODS, help=f"hypergradient method (default {shown})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
