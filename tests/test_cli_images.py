@@ -32,17 +32,22 @@ def test_distill_digits_images_with_lenet_writes_data_grid_and_accuracies(tmp_pa
     assert (tmp_path / "evaluation.json").is_file()
 
 
-def test_images_default_to_the_fastest_method_that_fits_with_checkpoints_bits(tmp_path):
-    """Images run method "auto" by default (LeNet's 30 steps fit: autograd or replay, faster than
-    checkpoint); every float method computes the same hypergradient, so the result has checkpoint's bits."""
-    runs = {}
-    for method in ([], ["--method", "checkpoint"]):
-        out = tmp_path / (method[-1] if method else "default")
-        main(["distill", "--data", "digits-images", "--inits", "0", *TINY, *method, "--out", str(out)])
-        runs[out.name] = DistilledData.load(out / "distilled.safetensors")
+def test_images_default_to_the_fastest_method_that_fits_with_checkpoints_bits(tmp_path, capsys):
+    """Images run method "auto" by default and say what it ran: LeNet's 30 steps fit, so autograd
+    (faster than checkpoint); under a 100 KiB budget checkpointing. Every float method computes the
+    same hypergradient, so all three results have the same bits."""
+    runs, said = {}, {}
+    for name, options in (("default", []), ("checkpoint", ["--method", "checkpoint"]), ("budget", ["--memory", "100KiB"])):
+        main(["distill", "--data", "digits-images", "--inits", "0", *TINY, *options, "--out", str(tmp_path / name)])
+        runs[name] = DistilledData.load(tmp_path / name / "distilled.safetensors")
+        said[name] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("method auto ran")]
     assert runs["default"].config["method"] == "auto" and runs["checkpoint"].config["method"] == "checkpoint"
-    for field in ("x", "y", "lrs"):
-        assert torch.equal(getattr(runs["default"], field), getattr(runs["checkpoint"], field)), field
+    assert said["default"][0].startswith("method auto ran autograd: autograd's graphs fit in"), said
+    assert said["budget"][0].startswith("method auto ran checkpoint: 1 snapshot fits in 0.1 MiB"), said
+    assert said["checkpoint"] == []
+    for name in ("checkpoint", "budget"):
+        for field in ("x", "y", "lrs"):
+            assert torch.equal(getattr(runs["default"], field), getattr(runs[name], field)), (name, field)
 
 
 def test_an_import_string_architecture_and_an_npz_data_set(tmp_path, monkeypatch, capsys):

@@ -196,3 +196,15 @@ def test_every_engine_method_distils_the_same_data():
         torch.testing.assert_close(data.x, reference.x, rtol=1e-7, atol=1e-9)
         torch.testing.assert_close(data.lrs, reference.lrs, rtol=1e-7, atol=1e-9)
     assert reference.x.dtype == torch.float64 and reference.config["momentum"] == 0.5
+
+
+@pytest.mark.parametrize("memory, methods", [(None, ["replay", "replay"]), ("400B", ["checkpoint", "replay"])])
+def test_plans_say_what_auto_ran_in_each_sweep_of_the_last_outer_step(memory, methods):
+    """One plan per sweep: the two 2-layer models share one (2 × 41 floats a state), the 1-layer
+    model (3 floats) has its own. All n = 6 states fit the default budget (replay); in 400 bytes
+    only the small model's do, and the pair checkpoints."""
+    distiller = Distiller([mlp("2-layer"), mlp("1-layer"), mlp("2-layer")], **TINY, method="auto", memory=memory)
+    assert distiller.plans == []
+    distiller.fit(MOONS.x_train, MOONS.y_train, outer_steps=1, batch_size=250)
+    assert [plan.method for plan in distiller.plans] == methods
+    assert [plan.steps for plan in distiller.plans] == [6, 6]

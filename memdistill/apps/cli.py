@@ -48,7 +48,7 @@ from memdistill.distill.evaluation import (
 from memdistill.distill.outer import INITS, OUTER_LR_SCHEDULES, THETA0, DivergedError
 from memdistill.distill.resume import Interrupted
 from memdistill.distill.training import STRATEGIES
-from memdistill.engine.planner import parse_memory
+from memdistill.engine.planner import format_bytes, parse_memory
 from memdistill.engine.validation import METHODS
 from memdistill.models import check_arch
 
@@ -499,6 +499,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
     state.unlink(missing_ok=True)  # the result is written: nothing left to resume
     print(f"wrote {path}: x {list(data.x.shape)}, {data.lrs.numel()} learning rates, "
           f"final outer loss {data.history[-1]:.4f}, {seconds:.0f} s")
+    if options["method"] == "auto":
+        for said in dict.fromkeys(f"{plan.method}: {plan.why}; it stores {format_bytes(plan.predicted_peak_bytes)}"
+                                  for plan in distiller.plans):
+            print(f"method auto ran {said}")
     if dataset.is_image:
         print(f"wrote {data.save_grid(args.out / GRID_FILE)}")
     if args.inits:

@@ -41,7 +41,7 @@ from memdistill.distill.outer import (
 from memdistill.distill.resume import Interrupted, data_hash, deferred_signals
 from memdistill.distill.training import mlp_rows, plain_mlp
 from memdistill.engine.hypergradient import make_step
-from memdistill.engine.planner import parse_memory
+from memdistill.engine.planner import Plan, parse_memory
 from memdistill.engine.steps.fused import SERIAL_WORK
 from memdistill.engine.steps.generic import compile_seconds
 from memdistill.engine.threads import intra_op_threads
@@ -87,6 +87,10 @@ class Distiller:
       data_parallel: under an initialised torch.distributed process group, split the R·m
         internal models of every outer step across the ranks and gather their hypergradients
         (every rank ends with the single-process result).
+
+    Attributes:
+      plans: the engine's :class:`~memdistill.engine.planner.Plan` of each sweep of the last
+        outer step (one per architecture; with ``method="auto"``, the method it chose and why).
 
     Examples:
       >>> import memdistill as md
@@ -156,6 +160,7 @@ class Distiller:
             raise type(error)(str(error).replace("hypergradient:", "Distiller:", 1)) from None
         self.offload, self.offload_dir = offload, offload_dir
         self.compile = bool(compile)
+        self.plans: list[Plan] = []
         self.init_lr, self.outer_lr, self.seed = float(init_lr), float(outer_lr), int(seed)
         self.outer_lr_schedule = outer_lr_schedule
         self.soft_labels, self.dtype, self.device = soft_labels, dtype, torch.device(device)
@@ -310,8 +315,9 @@ class Distiller:
         pairs = [(r, j) for r in range(R) for j in range(m)]
         mine, rows, sweeps = self._layout(R)
         inputs = (x_syn.detach()[rows], y_syn.detach()[rows], lrs.detach()[rows], x_real[rows], y_real[rows])
+        plans: list[Plan] = []
         options = dict(momentum=self.momentum, method=self.method, snapshots=self.snapshots, memory=self.memory,
-                       offload=self.offload, offload_dir=self.offload_dir)
+                       offload=self.offload, offload_dir=self.offload_dir, plans=plans)
         try:
             if sweeps is None:
                 models = [fresh_model(self.archs[j], seeds[r][j], self.dtype).to(self.device) for r, j in mine]
@@ -322,6 +328,7 @@ class Distiller:
                 result = row_hypergradients(batches, *inputs, **options)
         except (FloatingPointError, OverflowError) as error:
             raise DivergedError(step=step, reason=f"the inner loop diverged ({error})") from None
+        self.plans = plans
         if len(mine) != len(pairs):
             result = self._gather(result, len(pairs))
         # Mean over the m models of each restart, one restart at a time (the same reduction for any R).

@@ -183,6 +183,10 @@ def _fits(plan: Plan, memory: int) -> bool:
     return plan.predicted_peak_bytes <= memory
 
 
+def _snapshots(count: int) -> str:
+    return f"{count:,} snapshot fits" if count == 1 else f"{count:,} snapshots fit"
+
+
 def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | None,
            offload: str | None = None) -> Plan:
     """``method="auto"``: the fastest plan whose predicted peak is at most ``memory`` bytes.
@@ -203,7 +207,7 @@ def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | Non
         if not slots:
             return predict("replay", sizes, None, lambda n: 0, memory, f"no state fits in {budget}: all on disk", "disk")
         return predict("checkpoint", sizes, slots, lambda n: 0, memory,
-                       f"{slots} snapshots fit in {budget}; segment starts go to disk", "disk")
+                       f"{_snapshots(slots)} in {budget}; segment starts go to disk", "disk")
     if autograd_bytes is not None:
         plan = predict("autograd", sizes, None, autograd_bytes, memory, f"autograd's graphs fit in {budget}")
         if _fits(plan, memory):
@@ -217,7 +221,7 @@ def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | Non
     slots = min(memory // sizes.state_bytes, sizes.n)
     if slots >= 1:
         plan = predict("checkpoint", sizes, slots, lambda n: 0, memory,
-                       f"{slots} snapshots fit in {budget} (not all {sizes.n} states)")
+                       f"{_snapshots(slots)} in {budget} (not all {sizes.n} states)")
         cheap = plan.forward_steps <= REVERSIBLE_STEP_COST * 2 * sizes.n
         if cheap or reversible is None or not _fits(reversible, memory):
             return plan
