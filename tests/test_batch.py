@@ -213,7 +213,7 @@ def test_image_job_writes_its_data_metrics_and_grid(tmp_path):
     folder = tmp_path / "out" / "digits-images-lenet-r0"
     data = DistilledData.load(folder / DATA_FILE)
     assert data.x.shape == (2, 10, 1, 8, 8) and len(data.history) == 3  # outer_steps, not outer_epochs
-    assert data.config["archs"] == ["lenet"] * 3 and data.config["outer_steps"] == 3
+    assert data.config["archs"] == ["lenet"] and data.config["outer_steps"] == 3  # images: one model
     assert data.config["data"] == "digits-images" and data.config["class_names"] == [str(c) for c in range(10)]
     assert len(data.config["mean"]) == len(data.config["std"]) == 1  # one channel
     metrics = json.loads((folder / METRICS_FILE).read_text())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from memdistill.data import IMAGES, DataNotFoundError, load_dataset, split_images
+from memdistill.data import IMAGES, DataNotFoundError, is_image_data, load_dataset, split_images
 from memdistill.data.images import FASHION_MNIST_CLASSES, MNIST_FILES, read_cifar_binary, read_idx
 
 RNG = np.random.default_rng(0)
@@ -397,3 +397,17 @@ def test_npz_that_is_a_pickle_or_missing(tmp_path):
 def test_unknown_name_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"unknown data set 'nope'.*'digits-images'.*ImageFolder folder"):
         load_dataset("nope")
+
+
+def test_is_image_data_decides_without_loading(tmp_path):
+    """Image sets and folders are images; a .npz by the dimensions in its x header (even compressed);
+    tables, CSV files and missing or unreadable files are not."""
+    np.savez(tmp_path / "pics.npz", x=np.zeros((4, 1, 8, 8)), y=np.zeros(4))
+    np.savez_compressed(tmp_path / "grey.npz", x=np.zeros((4, 8, 8)), y=np.zeros(4))
+    np.savez(tmp_path / "rows.npz", x=np.zeros((4, 3)), y=np.zeros(4))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "folder").mkdir()
+    images = ["digits-images", "mnist", tmp_path / "pics.npz", tmp_path / "grey.npz", tmp_path / "folder"]
+    others = ["moons", "digits", tmp_path / "rows.npz", tmp_path / "broken.npz", tmp_path / "none.npz", "t.csv"]
+    assert [is_image_data(name) for name in images] == [True] * len(images)
+    assert [is_image_data(name) for name in others] == [False] * len(others)

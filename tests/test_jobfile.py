@@ -4,6 +4,7 @@ them), the jobs and runs they expand into, and every problem of a bad file repor
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -237,13 +238,32 @@ def test_image_data_archs_and_new_keys(tmp_path):
         '[[jobs]]\ndata = "digits-images"\n[jobs.evaluate]\ntest_archs = ["lenet"]\n'
     )
     mnist, folder, npz, digits = jobfile.parse(text, tmp_path / "job.toml").configs
-    assert [c.name for c in (mnist, folder, npz, digits)] == ["m", "f", "set-2-layer", "digits-images-2-layer"]
+    assert [c.name for c in (mnist, folder, npz, digits)] == ["m", "f", "set-2-layer", "digits-images-lenet"]
     assert mnist.data == "mnist" and mnist.data_root == str((tmp_path / "data").resolve())
     assert folder.data == str((tmp_path / "shapes").resolve()) and npz.data == str((tmp_path / "set.npz").resolve())
     assert (mnist.init, mnist.theta0, mnist.outer_steps, mnist.device) == ("real", "fixed", 3, "cuda:1")
     assert (npz.init, folder.device, npz.device) == ("noise", "cuda", "cpu")
     assert digits.evaluate.test_archs == ("lenet",) and npz.evaluate.test_archs is None
     assert "data_root" not in mnist.record() and mnist.record()["outer_steps"] == 3
+
+
+def test_image_jobs_take_the_image_defaults_for_the_keys_they_leave_out(tmp_path):
+    """As ``memdistill distill`` does: on image data (a named set, a .npz of images) the keys that
+    neither the job nor ``[defaults]`` sets are Wang et al.'s setting; tables keep the paper's."""
+    np.savez(tmp_path / "pics.npz", x=np.zeros((4, 1, 8, 8)), y=np.arange(4) % 2)
+    np.savez(tmp_path / "rows.npz", x=np.zeros((4, 3)), y=np.arange(4) % 2)
+    text = ('[defaults]\nper_class = 2\n[[jobs]]\ndata = "mnist"\n'
+            '[[jobs]]\ndata = "pics.npz"\nouter_epochs = 2\nsteps = 4\n'
+            '[[jobs]]\ndata = "digits-images"\narchs = ["lenet", "convnet"]\n[[jobs]]\ndata = "rows.npz"\n')
+    mnist, pics, mixed, rows = jobfile.parse(text, tmp_path / "job.toml").configs
+    assert mnist.name == "mnist-lenet" and mnist.internal_archs == ("lenet",)
+    assert (mnist.steps, mnist.epochs, mnist.per_class, mnist.init, mnist.init_lr, mnist.outer_lr, mnist.outer_steps,
+            mnist.batch_size, mnist.method) == (10, 3, 2, "real", 0.1, 0.005, 1000, 256, "auto")
+    assert mnist.record()["steps"] == 10 and mnist.record()["method"] == "auto"
+    assert (pics.steps, pics.epochs, pics.outer_epochs, pics.outer_steps) == (4, 3, 2, None)  # counted in epochs
+    assert mixed.models is None and mixed.internal_archs == ("lenet", "convnet")  # one model each
+    assert (rows.name, rows.internal_archs, rows.steps, rows.per_class, rows.init, rows.method, rows.outer_steps) == (
+        "rows-2-layer", ("2-layer",) * 3, 40, 2, "noise", "replay", None)
 
 
 def test_a_bad_default_is_reported_once_and_the_jobs_still_checked(tmp_path):

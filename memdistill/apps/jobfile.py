@@ -22,7 +22,8 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, Validati
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from memdistill.apps.reproduce import Protocol
-from memdistill.data import BUNDLED, IMAGES, SYNTHETIC
+from memdistill.data import BUNDLED, IMAGES, SYNTHETIC, is_image_data
+from memdistill.distill.defaults import IMAGE
 from memdistill.distill.outer import INITS, OUTER_LR_SCHEDULES, THETA0
 from memdistill.distill.training import STRATEGIES
 from memdistill.engine.planner import parse_memory
@@ -33,6 +34,11 @@ DTYPES, NAMED, FILES, PAPER = ("float32", "float64"), SYNTHETIC + BUNDLED + IMAG
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 NAME_RULE = "must be a folder name of letters, digits and . _ + - (starting with a letter or digit), got {!r}"
 PROBE = (3, 1 << 15, 1 << 15)  # an input shape any valid arch name builds for: parsing checks the names only
+IMAGE_DEFAULTS = {"archs": (IMAGE.arch,), "models": IMAGE.models, "steps": IMAGE.steps, "epochs": IMAGE.epochs,
+                  "per_class": IMAGE.per_class, "init": IMAGE.init, "init_lr": IMAGE.init_lr, "outer_lr": IMAGE.outer_lr,
+                  "outer_epochs": IMAGE.outer_epochs, "outer_steps": IMAGE.outer_steps, "batch_size": IMAGE.batch_size,
+                  "method": IMAGE.method}  # fmt: skip
+"""What a job on image data takes for the keys it leaves out: ``memdistill distill``'s image defaults."""
 
 
 def _check(value: str, info: ValidationInfo) -> str:
@@ -140,8 +146,22 @@ class Config(Settings):
         return self.model_dump(mode="json", exclude={"save_every", "data_root"})
 
     @model_validator(mode="after")
+    def _images(self, info: ValidationInfo) -> Config:
+        """On image data, the keys left out (in the job and in ``[defaults]``) from :data:`IMAGE_DEFAULTS`;
+        an ``outer_epochs`` given counts in epochs, and several ``archs`` keep one model each."""
+        if not is_image_data(self.data if self.data in NAMED else info.context["folder"] / self.data):
+            return self
+        update = {key: value for key, value in IMAGE_DEFAULTS.items() if key not in self.model_fields_set}
+        if "outer_epochs" in self.model_fields_set:
+            update.pop("outer_steps", None)
+        if len(update.get("archs", self.archs)) > 1:
+            update.pop("models", None)
+        return self.model_copy(update=update)
+
+    @model_validator(mode="after")
     def _job(self, info: ValidationInfo) -> Config:
-        """Problems between keys of one job (once each key is valid); its name and absolute paths."""
+        """Problems between keys of one job (once each key is valid and image defaults are in); its
+        name and absolute paths."""
         folder, n, kind = info.context["folder"], len(self.archs), Path(self.data).suffix.lower()
         path = folder / self.data
         name = self.name or f"{path.stem}-" + "+".join(dict.fromkeys(self.archs))
@@ -305,5 +325,7 @@ def schema_table() -> str:
             default = field.get("default")
             default = "—" if default in (None, "") else f"`{json.dumps(default, ensure_ascii=False)}`"
             default = "required" if key in schema.get("required", ()) else default
+            if prefix == "jobs." and key in IMAGE_DEFAULTS:
+                default += f"; images `{json.dumps(IMAGE_DEFAULTS[key], ensure_ascii=False)}`"
             rows.append(f"| `{prefix}{key}` | {shown} | {default} | {field['description']} |")
     return "\n".join(rows) + "\n"

@@ -10,9 +10,10 @@ May import: ``memdistill.atomic``, torch, numpy, scikit-learn and Pillow (both l
 functions). Nothing above it (distill, apps) and not the engine.
 """
 from memdistill.data.images import IMAGES, DataNotFoundError, split_images
-from memdistill.data.registry import load_dataset
+from memdistill.data.registry import is_image_data, load_dataset
 from memdistill.data.tabular import BUNDLED, SYNTHETIC, Dataset, split_dataset
 
 __all__ = [
-    "BUNDLED", "IMAGES", "SYNTHETIC", "DataNotFoundError", "Dataset", "load_dataset", "split_dataset", "split_images",
+    "BUNDLED", "IMAGES", "SYNTHETIC", "DataNotFoundError", "Dataset", "is_image_data", "load_dataset", "split_dataset",
+    "split_images",
 ]

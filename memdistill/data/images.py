@@ -238,6 +238,18 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def npz_dims(path: str | Path) -> int | None:
+    """The number of dimensions of array ``x`` of an .npz archive, read from its header alone
+    (nothing loaded); None where there is no readable ``x``."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return len(header(f)[0])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
     try:
         return archive[key]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memdistill.data.images import IMAGES, load_image_folder, load_image_set, load_npz
+from memdistill.data.images import IMAGES, load_image_folder, load_image_set, load_npz, npz_dims
 from memdistill.data.tabular import BUNDLED, PAPER_RANDOM_STATE, SYNTHETIC, Dataset, load_tabular
 
 
@@ -52,3 +52,17 @@ def load_dataset(
         f"load_dataset: unknown data set {name!r}; expected one of {list(SYNTHETIC + BUNDLED + IMAGES)} "
         "or the path of a CSV file, a .npz file or an ImageFolder folder"
     )
+
+
+def is_image_data(name: str | Path) -> bool:
+    """Whether :func:`load_dataset` reads ``name`` as images, decided without loading it: the image
+    sets and folders are; a .npz file is when its array x has 3 or 4 dimensions (from its header);
+    the tabular sets and CSV files are not, nor a path that does not exist."""
+    if str(name) in IMAGES:
+        return True
+    if str(name) in SYNTHETIC or str(name) in BUNDLED:
+        return False
+    path = Path(name)
+    if path.suffix.lower() == ".npz":
+        return npz_dims(path) in (3, 4)
+    return path.is_dir()

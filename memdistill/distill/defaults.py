@@ -8,8 +8,8 @@ digits and 60,000 MNIST images make very different epochs), and ``method="auto"`
 method whose stored states fit the memory budget (LeNet's 30 steps fit in a few MiB, so it runs
 autograd or replay, 1.4x faster than checkpoint on digits-images and 1.1x on MNIST, with the
 same bits; a bigger net or unroll falls back to checkpoint). ``memdistill distill`` starts from
-:func:`defaults_for`; every value can be overridden. (Batch job files keep the paper's defaults
-for every kind of data, but for ``test_archs``.)
+:func:`defaults_for`; every value can be overridden; a batch job on image data takes them for
+the keys it leaves out (``memdistill.apps.jobfile.IMAGE_DEFAULTS``).
 """
 from __future__ import annotations
 
