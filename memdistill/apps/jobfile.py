@@ -34,10 +34,7 @@ DTYPES, NAMED, FILES, PAPER = ("float32", "float64"), SYNTHETIC + BUNDLED + IMAG
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 NAME_RULE = "must be a folder name of letters, digits and . _ + - (starting with a letter or digit), got {!r}"
 PROBE = (3, 1 << 15, 1 << 15)  # an input shape any valid arch name builds for: parsing checks the names only
-IMAGE_DEFAULTS = {"archs": (IMAGE.arch,), "models": IMAGE.models, "steps": IMAGE.steps, "epochs": IMAGE.epochs,
-                  "per_class": IMAGE.per_class, "init": IMAGE.init, "init_lr": IMAGE.init_lr, "outer_lr": IMAGE.outer_lr,
-                  "outer_epochs": IMAGE.outer_epochs, "outer_steps": IMAGE.outer_steps, "batch_size": IMAGE.batch_size,
-                  "method": IMAGE.method}  # fmt: skip
+IMAGE_DEFAULTS = {"archs": (IMAGE.arch,), "models": IMAGE.models, **IMAGE.distiller(), **IMAGE.fit()}
 """What a job on image data takes for the keys it leaves out: ``memdistill distill``'s image defaults."""
 
 

@@ -69,7 +69,7 @@ def _sweep_into(out: Rows, step: GenericStep, idx: Tensor, theta0: Tensor, x_syn
     returns its plan."""
     data = Data(x_syn[idx].movedim(0, 1), y_syn[idx].movedim(0, 1), x_real[idx], y_real[idx])
     chosen, res = sweep(step, data, lrs[idx].T.unsqueeze(-1).contiguous(), theta0,
-                   momentum, method, snapshots, memory=memory, offload=offload, offload_dir=offload_dir)
+                        momentum, method, snapshots, memory=memory, offload=offload, offload_dir=offload_dir)
     out.loss[idx] = res.loss
     out.grad_x[idx] = res.grad_x_syn.movedim(1, 0)
     out.grad_lrs[idx] = res.grad_lrs.squeeze(-1).T
