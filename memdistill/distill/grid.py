@@ -71,7 +71,9 @@ def grid_png(
                 axis.set_title(class_names[label] if class_names else str(label), fontsize=9)
         eta = ", ".join(f"{float(r):.3g}" for r in rates[:, i])
         axes[i, 0].set_ylabel(f"step {i}\nη = {eta}", rotation=0, ha="right", va="center", fontsize=8)
-    figure.suptitle(f"distilled images: {steps} steps × {objects} objects, {rates.shape[0]} epoch(s)", fontsize=10)
+    epochs = rates.shape[0]
+    figure.suptitle(f"distilled images: {steps} steps × {objects} images, {epochs} epoch{'s' * (epochs != 1)}",
+                    fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
