@@ -163,11 +163,11 @@ def test_every_method_on_the_batched_step_equals_autograd(model, momentum):
             assert rel(res.grad_theta0[i], torch.cat([g.reshape(-1) for g in ref.grad_params.values()])) <= 1e-9
 
 
-@pytest.mark.parametrize("method", ["checkpoint", "reversible"])
-def test_peak_stored_bytes_counts_all_rows(method):
+@pytest.mark.parametrize("method, snapshots", [("checkpoint", 2), ("reversible", None)])
+def test_peak_stored_bytes_counts_all_rows(method, snapshots):
     args = many("lenet", B=3)
-    one = batched_sweep(*(a[:1] for a in args), method, None, 0.9)[1].peak_stored_bytes
-    three = batched_sweep(*args, method, None, 0.9)[1].peak_stored_bytes
+    one = batched_sweep(*(a[:1] for a in args), method, snapshots, 0.9)[1].peak_stored_bytes
+    three = batched_sweep(*args, method, snapshots, 0.9)[1].peak_stored_bytes
     assert one > 0 and three == 3 * one
 
 

@@ -16,16 +16,17 @@ setting and no number. Copying the saved tensors into one preallocated buffer do
 from __future__ import annotations
 
 import ctypes
-import weakref
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from memdistill.engine.dynamics import State
 from memdistill.engine.loop import Data, Sweep
 from memdistill.engine.steps.generic import GenericStep
+from memdistill.engine.tape import SavedBytes, recorded_step
 
-__all__ = ["autograd_unroll", "autograd_saved_bytes", "trim_points"]
+__all__ = ["autograd_unroll", "autograd_saved_bytes", "autograd_step_bytes", "trim_points"]
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -56,33 +57,6 @@ def trim_points(n: int, every: int = 8, growth: int = 32) -> Iterator[int]:
         k += max(every, k // growth)
 
 
-class _SavedBytes:
-    """saved_tensors_hooks that keep a weak reference to every tensor autograd saves;
-    :meth:`live_bytes` adds up the distinct storages still kept. A node freed during the unroll
-    (the first-order graph of a step's loss, once its gradient is taken) frees what it saved, and
-    the allocator may hand the address to a later tensor: counting storages as they are saved
-    would then depend on the allocator's history."""
-
-    def __init__(self) -> None:
-        self.saved: list[weakref.ref] = []
-
-    def pack(self, t: Tensor) -> Tensor:
-        self.saved.append(weakref.ref(t))
-        return t
-
-    @staticmethod
-    def unpack(t: Tensor) -> Tensor:
-        return t
-
-    def live_bytes(self) -> int:
-        storages = {}
-        for ref in self.saved:
-            if (t := ref()) is not None:
-                storage = t.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
-        return sum(storages.values())
-
-
 def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float,
                     trim: bool = True) -> Sweep:
     """Unroll n = len(lrs) steps of v ← γv + g, θ ← θ − η v with graphs; differentiate L once.
@@ -92,7 +66,7 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
     leaves the heap to the allocator (the bits are the same).
     """
     n, s = lrs.shape[0], data.x_syn.shape[0]
-    saved = _SavedBytes()
+    saved = SavedBytes()
     large = n * theta0.nbytes >= TRIM_FROM
     trims = trim_points(n) if trim and large and _TRIM is not None and theta0.device.type == "cpu" else iter(())
     next_trim = next(trims, 0)
@@ -103,16 +77,14 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
             leaves.append(data.y_syn.detach().requires_grad_())
         theta, x, lr = leaves[:3]
         y = leaves[3] if len(leaves) == 4 else data.y_syn
-        v = torch.zeros_like(theta)
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        state = State(theta, torch.zeros_like(theta) if momentum else None)
+        with saved.hooks():
             for k in range(n):
-                (g,) = torch.autograd.grad(step.loss(theta, x[k % s], y[k % s]).sum(), theta, create_graph=True)
-                v = momentum * v + g if momentum else g
-                theta = theta - lr[k] * v
+                state = recorded_step(step, state, x[k % s], y[k % s], lr[k], momentum)
                 if k + 1 == next_trim:
                     _TRIM()
                     next_trim = next(trims, 0)
-            loss = step.loss(theta, data.x_real, data.y_real)
+            loss = step.loss(state.theta, data.x_real, data.y_real)
         kept = saved.live_bytes()  # what the graph holds for the backward pass: its peak
         grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
@@ -120,8 +92,32 @@ def autograd_unroll(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, 
                  forward_steps=n, peak_stored_bytes=kept)
 
 
+_STEP_BYTES: dict[tuple, tuple[int, int]] = {}
+_STEP_BYTES_KEPT = 256
+
+
+def autograd_step_bytes(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float) -> tuple[int, int]:
+    """(T(1), G): the bytes :func:`autograd_unroll` saves for one step (the data, one step's graph
+    and the outer loss's) and the bytes each further step adds, G = T(2) − T(1) (0 for n = 1),
+    measured by unrolling 1 and 2 steps on the real shapes. Remembered per architecture, shapes,
+    dtypes and device (``step.key``): every outer step of a distillation plans the same sweep."""
+    key = getattr(step, "key", None)
+    if key is not None:
+        key = (key, *((tuple(t.shape), t.dtype, t.device) for t in (*data, theta0)), lrs.shape[1:],
+               min(lrs.shape[0], 2), bool(momentum))
+        if key in _STEP_BYTES:
+            return _STEP_BYTES[key]
+    t1, t2 = (autograd_unroll(step, data, lrs[:k], theta0, momentum).peak_stored_bytes
+              for k in (1, min(lrs.shape[0], 2)))
+    if key is not None:
+        if len(_STEP_BYTES) >= _STEP_BYTES_KEPT:
+            _STEP_BYTES.clear()
+        _STEP_BYTES[key] = (t1, t2 - t1)
+    return t1, t2 - t1
+
+
 def autograd_saved_bytes(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: float, n: int) -> int:
-    """Bytes :func:`autograd_unroll` saves for n steps, T(n) = T(1) + (n − 1)·(T(2) − T(1)), from
-    unrolls of 1 and 2 steps on the real shapes: the data are saved once, every further step alike."""
-    t1, t2 = (autograd_unroll(step, data, lrs[:k], theta0, momentum).peak_stored_bytes for k in (1, min(n, 2)))
-    return t1 + (n - 1) * (t2 - t1)
+    """Bytes :func:`autograd_unroll` saves for n steps, T(n) = T(1) + (n − 1)·G
+    (:func:`autograd_step_bytes`): the data are saved once, every further step alike."""
+    t1, g = autograd_step_bytes(step, data, lrs, theta0, momentum)
+    return t1 + (n - 1) * g

@@ -24,7 +24,7 @@ from memdistill.engine.steps.generic import GenericStep
 
 Gradient = Callable[[Tensor, int], Tensor]  # (θ_k [B, P], k) -> g_k [B, P]
 
-__all__ = ["State", "SGD", "Adjoint", "reverse_step", "state_bytes"]
+__all__ = ["State", "SGD", "Adjoint", "reverse_step", "sgd_update", "state_bytes"]
 
 
 class State(NamedTuple):
@@ -35,6 +35,12 @@ class State(NamedTuple):
 
 def state_bytes(state: NamedTuple) -> int:
     return sum(t.nbytes for t in state if isinstance(t, Tensor))
+
+
+def sgd_update(state: State, g: Tensor, lr: Tensor, momentum: float) -> State:
+    """(θ_k, v_k), g_k -> (θ_{k+1}, v_{k+1}): v_{k+1} = γ v_k + g_k, θ_{k+1} = θ_k − η_k v_{k+1}."""
+    v = g if state.v is None else momentum * state.v + g
+    return State(state.theta - lr * v, None if state.v is None else v)
 
 
 class SGD:
@@ -49,9 +55,7 @@ class SGD:
         return State(theta0, torch.zeros_like(theta0) if self.momentum else None)
 
     def advance(self, state: State, k: int) -> State:
-        g = self.gradient(state.theta, k)
-        v = g if state.v is None else self.momentum * state.v + g
-        return State(state.theta - self.lrs[k] * v, None if state.v is None else v)
+        return sgd_update(state, self.gradient(state.theta, k), self.lrs[k], self.momentum)
 
     def retreat(self, state: State, k: int) -> State:
         raise ValueError("floating-point SGD cannot be run backwards; use method='reversible' (momentum > 0)")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from memdistill.engine.baseline import autograd_saved_bytes, autograd_unroll
+from memdistill.engine.baseline import autograd_saved_bytes, autograd_step_bytes, autograd_unroll
 from memdistill.engine.dynamics import SGD
 from memdistill.engine.fixedpoint import ExactSGD
 from memdistill.engine.loop import Data, Sweep, run
@@ -91,11 +91,15 @@ def plan_sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momen
     def autograd_bytes(n: int) -> int:
         return autograd_saved_bytes(step, data, lrs, theta0, momentum, n)
 
+    def graph_bytes() -> int:
+        return autograd_step_bytes(step, data, lrs, theta0, momentum)[1]
+
     if method == "auto":
         budget = memory if memory is not None else default_budget(
             torch.device("cpu") if offload == "cpu" else theta0.device)
         return choose(sizes, budget, autograd_bytes if step.name == "generic" else None, offload)
-    plan = predict(method, sizes, snapshots, autograd_bytes, memory, f"method={method!r} was asked for", offload)
+    plan = predict(method, sizes, snapshots, autograd_bytes, memory, f"method={method!r} was asked for", offload,
+                   graph_bytes if step.name == "generic" else None)
     if memory is not None and plan.predicted_peak_bytes > memory:
         raise ValueError(f"hypergradient: method={method!r} stores {format_bytes(plan.predicted_peak_bytes)} "
                          f"for n={sizes.n}, over memory={format_bytes(memory)}; raise memory or pass method='auto'")
@@ -129,7 +133,7 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
 
     dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
                 else SGD(gradient, lrs, momentum))
-    _, actions = schedule_of(chosen.method, n, chosen.snapshots, chosen.offload)
+    _, actions = schedule_of(chosen.method, n, chosen.snapshots, chosen.offload, chosen.segment)
     with storage_levels(chosen, offload_dir) as levels, step.no_graph():
         result = run(actions, dynamics, step, data, lrs, theta0, levels)
     return chosen, _outside(result)

@@ -17,6 +17,7 @@ from memdistill.engine.dynamics import Adjoint, State, reverse_step
 from memdistill.engine.pool import Pool
 from memdistill.engine.schedules import Action, Op, counts
 from memdistill.engine.steps.generic import GenericStep
+from memdistill.engine.tape import Tape
 
 __all__ = ["Data", "Dynamics", "Sweep", "run"]
 
@@ -64,13 +65,15 @@ def run(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: 
     n, s = lrs.shape[0], data.x_syn.shape[0]
     state = dynamics.start(theta0)
     stored: list[Pool] = []
-    slots = counts(actions, n).levels   # checks the schedule first (remembered for the generators' own)
+    found = counts(actions, n)   # checks the schedule first (remembered for the generators' own)
+    slots = found.levels
     if len(slots) > 1 + len(levels):
         raise ValueError(f"run: the schedule stores on level {len(slots) - 1} but only levels 0..{len(levels)} have pools")
     try:
         for level, make in enumerate([Pool, *levels]):
             stored.append(make(state, slots[level] if level < len(slots) else 0))
-        return _execute(actions, dynamics, step, data, lrs, state, stored, n, s)
+        tape = Tape(step, data.x_syn, data.y_syn, lrs, dynamics.momentum) if found.max_taped else None
+        return _execute(actions, dynamics, step, data, lrs, state, stored, n, s, tape)
     finally:
         for pool in stored:
             pool.close()
@@ -80,7 +83,7 @@ _MOVES = (Op.ADVANCE, Op.RETREAT)   # after which dynamics that hold bytes (Dyna
 
 
 def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, data: Data, lrs: Tensor,
-             state: NamedTuple, stored: list[Pool], n: int, s: int) -> Sweep:
+             state: NamedTuple, stored: list[Pool], n: int, s: int, tape: Tape | None) -> Sweep:
     peak = forward = 0
     peaks = [0] * len(stored)
     adj: Adjoint | None = None
@@ -105,6 +108,16 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             state = stored[level].restore(k)
         elif op is Op.FREE:
             stored[level].free(k)
+        elif op is Op.RECORD:
+            state = tape.record(state, k)
+            forward += 1
+        elif op is Op.UNWIND:   # the tape's steps, end − 1 … k, reversed in one backward pass
+            taped = tape.nbytes()   # at its longest: what the graphs held
+            state, adj, grads = tape.unwind(state, adj)
+            grad_lrs.add_(grads.lrs)
+            grad_x.add_(grads.x)
+            if grad_y is not None:
+                grad_y.add_(grads.y)
         elif k == n:  # REVERSE of the outer loss: seed the adjoint with ∂L/∂θ_n
             floats = dynamics.floats(state)
             loss, dtheta = step.value_and_grad(floats.theta, data.x_real, data.y_real)
@@ -116,9 +129,9 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             dxs[i].add_(grads.x)
             if dys is not None:
                 dys[i].add_(grads.y)
-        if op is Op.STORE or (dynamics.holds and op in _MOVES):
+        if op is Op.STORE or op is Op.UNWIND or (dynamics.holds and op in _MOVES):
             held = [pool.nbytes() for pool in stored]
-            held[0] += dynamics.held_bytes()
+            held[0] += dynamics.held_bytes() + (taped if op is Op.UNWIND else 0)
             peaks = [max(a, b) for a, b in zip(peaks, held)]
             peak = max(peak, sum(held))
     return Sweep(loss, adj.theta, grad_lrs, grad_x, grad_y, forward, peak, tuple(peaks))

@@ -5,7 +5,13 @@ A sweep of n inner steps for B models of P parameters stores, for its reverse pa
 momentum: θ and v):
 
 - ``replay``: n states (n·S); ``checkpoint``: the schedule's most-held states times S
-  (√n segments, or ``snapshots`` for binomial); exact: the pool holds exactly that.
+  (√n segments, or ``snapshots`` for binomial); exact: the pool holds exactly that. With the
+  generic step and no ``snapshots``, checkpoint records its segments (the ``taped`` schedule:
+  segment starts stored, each segment replayed with its graphs and reversed in one backward
+  pass) when a segment of L = ⌊√(n·S/G)⌋ ≥ 2 steps is possible, G a step's graph (autograd's
+  T(2) − T(1)); L minimises (n/L)·S + L·G, and the peak is the starts' S each plus L·G, exact
+  as measured (``stats["peak_stored_bytes"]`` counts the graphs' saved tensors). Otherwise (the
+  analytic steps, a graph of more than n/4 states) the plain √n schedule.
 - ``reversible``: the fixed-point bit stack, bounded by :func:`~memdistill.engine.fixedpoint.stack_bytes`
   and allocated up front (exact).
 - ``autograd``: the tensors autograd saves, T(n) = T(1) + (n − 1)·(T(2) − T(1)), measured on the
@@ -120,6 +126,7 @@ class Plan:
       levels: ((level name, predicted peak bytes), ...) per storage level: ("memory",) alone,
         ("device", "host") for "cpu", ("memory", "disk") for "disk". predicted_peak_bytes is the
         memory one's (the host's for "cpu").
+      segment: the taped schedule's segment length (steps recorded and reversed together), else None.
     """
     method: str
     snapshots: int | None
@@ -131,13 +138,16 @@ class Plan:
     why: str
     offload: str | None = None
     levels: tuple[tuple[str, int], ...] = ()
+    segment: int | None = None
 
 
-def schedule_of(method: str, n: int, snapshots: int | None,
-                offload: str | None = None) -> tuple[str, schedules.Lazy]:
+def schedule_of(method: str, n: int, snapshots: int | None, offload: str | None = None,
+                segment: int | None = None) -> tuple[str, schedules.Lazy]:
     """(schedule name, actions) of a stored-state method: replay, checkpoint or reversible;
     ``offload`` "cpu": the same on level 1, "disk": two-level with ``snapshots`` (None: ⌊√n⌋;
-    replay: 0) in memory (see the module docstring)."""
+    replay: 0) in memory; ``segment``: checkpoint's taped schedule (see the module docstring)."""
+    if segment is not None:
+        return "taped", schedules.lazy("taped", n, segment)
     if offload == "disk":
         memory_slots = 0 if method == "replay" else snapshots if snapshots is not None else math.isqrt(n)
         return "two-level", schedules.two_level(n, memory_slots)
@@ -145,11 +155,28 @@ def schedule_of(method: str, n: int, snapshots: int | None,
     return name, schedules.lazy(name, n, snapshots, level=1 if offload == "cpu" else 0)
 
 
+def taped_segment(sizes: Sizes, graph: int) -> int:
+    """L = ⌊√(n·S/G)⌋, the segment of the taped schedule that minimises (n/L)·S + L·G for states of
+    S bytes and a step's graph of G bytes (module docstring); below 2 it gains nothing (a
+    one-step tape is a replayed reverse step)."""
+    return math.isqrt(sizes.n * sizes.state_bytes // max(graph, 1))
+
+
 def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Callable[[int], int],
-            memory: int | None = None, why: str = "", offload: str | None = None) -> Plan:
+            memory: int | None = None, why: str = "", offload: str | None = None,
+            graph_bytes: Callable[[], int] | None = None) -> Plan:
     """The :class:`Plan` of one given method (``autograd_bytes(n)``: autograd's measured T(n)),
-    its snapshots offloaded by :func:`offload_plan`."""
+    its snapshots offloaded by :func:`offload_plan`. ``graph_bytes()``: G, one recorded step's
+    graph, for a step that can record (None: it cannot; checkpoint is then never taped)."""
     n = sizes.n
+    if method == "checkpoint" and snapshots is None and offload is None and graph_bytes is not None:
+        graph = graph_bytes()
+        segment = taped_segment(sizes, graph)
+        if segment >= 2:
+            stats = schedules.counts(schedules.lazy("taped", n, segment), n)
+            peak = stats.max_stored * sizes.state_bytes + stats.max_taped * graph
+            return Plan(method, None, "taped", peak, stats.forward_steps, n, memory, why, None,
+                        (("memory", peak),), segment)
     if offload == "disk" and method in ("replay", "checkpoint"):  # counted without the schedule
         return offload_plan(Plan(method, snapshots, "", 0, 0, n, memory, why), sizes, offload)
     if method == "autograd":

@@ -14,6 +14,12 @@ position ``p`` and a set of *stored* states keyed by position.
 - ``RETREAT k``: current is at ``k + 1``; run step ``k`` backwards (reversible dynamics only).
 - ``REVERSE k``: current is at ``k``; run the reverse step ``k`` (``k == n``: the outer loss).
   Reverse steps come in the order ``n, n - 1, ..., 0``, each exactly once.
+- ``RECORD k``:  current is at ``k``; run inner step ``k`` keeping its autograd graph on the
+  *tape* (costs one forward step and one step's graph), now at ``k + 1``. The tape holds a run of
+  consecutive recorded steps; the first RECORD of an empty tape starts it at ``k``.
+- ``UNWIND k``:  current is at the tape's end; reverse every recorded step, from the last down
+  to ``k`` (the tape's start), in one backward pass through the tape, which is then empty;
+  current is at ``k``. Counts as the reverse steps ``end − 1, …, k``.
 
 Every schedule here begins with the current state at position 0 (θ0, which must be stored
 explicitly if it is needed again) and the counts it achieves are checked by :func:`simulate`.
@@ -33,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 __all__ = [
-    "Op", "Action", "ScheduleStats", "store_all", "periodic", "binomial", "reversible",
+    "Op", "Action", "ScheduleStats", "store_all", "periodic", "taped", "binomial", "reversible",
     "simulate", "binomial_cost", "max_stored", "relevel", "two_level", "two_level_cost", "two_level_slots",
     "Lazy", "lazy", "Counts", "counts",
 ]
@@ -46,6 +52,8 @@ class Op(enum.Enum):
     FREE = "free"
     RETREAT = "retreat"
     REVERSE = "reverse"
+    RECORD = "record"
+    UNWIND = "unwind"
 
 
 class Action(NamedTuple):
@@ -55,10 +63,11 @@ class Action(NamedTuple):
 
 
 class ScheduleStats(NamedTuple):
-    forward_steps: int   # ADVANCE + RETREAT actions: inner steps computed outside reverse steps
+    forward_steps: int   # ADVANCE + RETREAT + RECORD actions: inner steps computed outside reverse steps
     max_stored: int      # most snapshots held at one time
     reverse_order: tuple[int, ...]
     level_max_stored: tuple[int, ...] = ()   # most snapshots held at one time on each level 0, 1, ...
+    max_taped: int = 0   # most steps on the tape at one time
 
 
 def _check_n(n: int) -> None:
@@ -121,6 +130,36 @@ def _periodic(n: int, seg: int) -> Iterator[Action]:
                 yield from (Action(Op.ADVANCE, k), Action(Op.STORE, k + 1))
         for k in reversed(range(start, end)):
             yield from (Action(Op.RESTORE, k), Action(Op.REVERSE, k), Action(Op.FREE, k))
+
+
+def taped(n: int, segment: int) -> list[Action]:
+    """√n checkpointing with recorded segments (Chen et al. 2016's own form of it): the forward
+    sweep stores each segment's first state and records the last segment; the reverse sweep,
+    segment by segment from the last, restores the segment's start, records its steps with their
+    graphs and unwinds them in one backward pass (then frees the start).
+
+    Memory: ⌈n/segment⌉ snapshots and ``segment`` steps' graphs. With a step's graph G times a
+    state S, ``segment`` ≈ √(n·S/G) minimises the sum. Time: fewer than 2n forward steps, and no
+    reverse step recomputes a gradient (each recorded step's graph is its reverse step's).
+    """
+    _check_n(n)
+    if not isinstance(segment, int) or segment < 1:
+        raise ValueError(f"taped: segment must be an integer >= 1, got {segment!r}")
+    return list(_taped(n, segment))
+
+
+def _taped(n: int, seg: int) -> Iterator[Action]:
+    last = (n - 1) // seg * seg   # start of the last segment, which holds step n − 1
+    for k in range(last):
+        if k % seg == 0:
+            yield Action(Op.STORE, k)
+        yield Action(Op.ADVANCE, k)
+    yield from (Action(Op.RECORD, k) for k in range(last, n))
+    yield from (Action(Op.REVERSE, n), Action(Op.UNWIND, last))
+    for start in range(last - seg, -1, -seg):
+        yield Action(Op.RESTORE, start)
+        yield from (Action(Op.RECORD, k) for k in range(start, start + seg))
+        yield from (Action(Op.UNWIND, start), Action(Op.FREE, start))
 
 
 def _beta(c: int, r: int) -> int:
@@ -247,9 +286,10 @@ class Lazy:
 
 class Counts(NamedTuple):
     """What a sweep needs to know of a schedule before running it (see :func:`counts`)."""
-    forward_steps: int          # ADVANCE + RETREAT actions
+    forward_steps: int          # ADVANCE + RETREAT + RECORD actions
     max_stored: int             # most snapshots held at one time, all levels
     levels: tuple[int, ...]     # most snapshots held at one time on each level 0, 1, … (the pools' slots)
+    max_taped: int = 0          # most steps on the tape at one time
 
 
 _COUNTS: dict[tuple, Counts] = {}
@@ -264,7 +304,7 @@ def counts(actions: Iterable[Action], n: int) -> Counts:
     if key is not None and (key, n) in _COUNTS:
         return _COUNTS[key, n]
     stats = simulate(actions, n)
-    found = Counts(stats.forward_steps, stats.max_stored, stats.level_max_stored)
+    found = Counts(stats.forward_steps, stats.max_stored, stats.level_max_stored, stats.max_taped)
     if key is not None:
         if len(_COUNTS) >= _COUNTS_KEPT:
             _COUNTS.clear()
@@ -272,21 +312,23 @@ def counts(actions: Iterable[Action], n: int) -> Counts:
     return found
 
 
-_GENERATORS = {"store-all": _store_all, "periodic": _periodic, "binomial": _binomial, "reversible": _reversible}
+_GENERATORS = {"store-all": _store_all, "periodic": _periodic, "taped": _taped, "binomial": _binomial,
+               "reversible": _reversible}
 
 
 def lazy(name: str, n: int, snapshots: int | None = None, level: int = 0) -> Lazy:
-    """The schedule ``name`` ("store-all", "periodic", "binomial", "reversible") for n steps as a
-    :class:`Lazy`: the actions of :func:`store_all`, :func:`periodic` (``snapshots`` unused),
-    :func:`binomial` (with ``snapshots``) or :func:`reversible`, made anew on each iteration, its
-    storage actions on ``level`` (:func:`relevel`). What the engine runs: a list of a long
-    schedule's actions would take more memory than its snapshots."""
+    """The schedule ``name`` ("store-all", "periodic", "taped", "binomial", "reversible") for n
+    steps as a :class:`Lazy`: the actions of :func:`store_all`, :func:`periodic` (``snapshots``
+    unused), :func:`taped` (``snapshots``: its segment), :func:`binomial` (with ``snapshots``) or
+    :func:`reversible`, made anew on each iteration, its storage actions on ``level``
+    (:func:`relevel`). What the engine runs: a list of a long schedule's actions would take more
+    memory than its snapshots."""
     _check_n(n)
     if name not in _GENERATORS:
         raise ValueError(f"lazy: unknown schedule {name!r}; it needs to be one of {list(_GENERATORS)}")
-    if name == "binomial":
+    if name in ("binomial", "taped"):
         _check_snapshots(snapshots)
-    args = {"periodic": (n, math.isqrt(n) + 1), "binomial": (n, snapshots)}.get(name, (n,))
+    args = {"periodic": (n, math.isqrt(n) + 1), "binomial": (n, snapshots), "taped": (n, snapshots)}.get(name, (n,))
     key = (name, *args, level)
     if level == 0:
         return Lazy(_GENERATORS[name], *args, key=key)
@@ -386,20 +428,35 @@ def _where(i: int, op: Op, k: int, level: int) -> str:
 def simulate(actions: list[Action], n: int) -> ScheduleStats:
     """Execute a schedule on positions only; raise ValueError at the first invalid action.
 
-    Checks: ADVANCE/RETREAT/REVERSE find the current state where they need it, RESTORE/FREE
-    name a state stored on their level, reverse steps run n, n−1, …, 0 exactly once, nothing
-    is left stored.
+    Checks: ADVANCE/RETREAT/REVERSE/RECORD find the current state where they need it, RESTORE/FREE
+    name a state stored on their level, UNWIND the start of a tape that ends at the current
+    state, reverse steps run n, n−1, …, 0 exactly once, nothing is left stored or taped, and
+    no state moves but by RECORD while the tape holds steps.
     """
     current: int | None = 0
     stored: dict[int, int] = {}   # position -> level
     held: dict[int, int] = {}     # level -> snapshots held now
     level_peak: dict[int, int] = {}
-    forward = peak = 0
+    forward = peak = taped = max_taped = 0
     order: list[int] = []
     for i, (op, k, level) in enumerate(actions):
-        if op in (Op.ADVANCE, Op.STORE, Op.REVERSE) and current != k:
+        if op in (Op.ADVANCE, Op.STORE, Op.REVERSE, Op.RECORD) and current != k:
             raise ValueError(f"{_where(i, op, k, level)}: current state is at {current}")
-        if op is Op.ADVANCE:
+        if taped and op in (Op.ADVANCE, Op.RETREAT, Op.RESTORE):
+            raise ValueError(f"{_where(i, op, k, level)}: the tape holds {taped} steps (unwind it first)")
+        if op is Op.RECORD:
+            current, forward, taped = k + 1, forward + 1, taped + 1
+            max_taped = max(max_taped, taped)
+        elif op is Op.UNWIND:
+            if not taped or current - taped != k:
+                raise ValueError(f"{_where(i, op, k, level)}: the tape starts at "
+                                 f"{current - taped if taped else 'nothing (it is empty)'}")
+            for j in reversed(range(k, current)):
+                if j != n - len(order):
+                    raise ValueError(f"{_where(i, op, k, level)}: expected reverse step {n - len(order)}")
+                order.append(j)
+            current, taped = k, 0
+        elif op is Op.ADVANCE:
             current, forward = k + 1, forward + 1
         elif op is Op.RETREAT:
             if current != k + 1:
@@ -426,9 +483,11 @@ def simulate(actions: list[Action], n: int) -> ScheduleStats:
             if k != expected:
                 raise ValueError(f"{_where(i, op, k, level)}: expected reverse step {expected}")
             order.append(k)
+    if taped:
+        raise ValueError(f"schedule leaves {taped} steps on the tape at the end")
     if len(order) != n + 1:
         raise ValueError(f"schedule reverses {len(order)} steps, expected {n + 1}")
     if stored:
         raise ValueError(f"schedule leaves states stored at the end: {sorted(stored)}")
     levels = tuple(level_peak.get(level, 0) for level in range(max(level_peak, default=-1) + 1))
-    return ScheduleStats(forward, peak, tuple(order), levels)
+    return ScheduleStats(forward, peak, tuple(order), levels, max_taped)
