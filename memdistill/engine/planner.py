@@ -8,10 +8,11 @@ momentum: θ and v):
   (√n segments, or ``snapshots`` for binomial); exact: the pool holds exactly that. With the
   generic step and no ``snapshots``, checkpoint records its segments (the ``taped`` schedule:
   segment starts stored, each segment replayed with its graphs and reversed in one backward
-  pass) when a segment of L = ⌊√(n·S/G)⌋ ≥ 2 steps is possible, G a step's graph (autograd's
-  T(2) − T(1)); L minimises (n/L)·S + L·G, and the peak is the starts' S each plus L·G, exact
-  as measured (``stats["peak_stored_bytes"]`` counts the graphs' saved tensors). Otherwise (the
-  analytic steps, a graph of more than n/4 states) the plain √n schedule.
+  pass), with G a step's graph (autograd's T(2) − T(1)) and segments of L ≈ √(n·S/G) steps
+  (:func:`taped_segment`: the least (n/L)·S + L·G, exact as measured: ``stats["peak_stored_bytes"]``
+  counts the graphs' saved tensors), when L ≥ 2, the peak is at most :data:`TAPED_MEMORY` times
+  the plain schedule's and within ``memory``. Otherwise (the analytic steps, a short unroll, a
+  graph of many states) the plain √n schedule.
 - ``reversible``: the fixed-point bit stack, bounded by :func:`~memdistill.engine.fixedpoint.stack_bytes`
   and allocated up front (exact).
 - ``autograd``: the tensors autograd saves, T(n) = T(1) + (n − 1)·(T(2) − T(1)), measured on the
@@ -52,7 +53,7 @@ import torch
 from memdistill.engine import schedules
 from memdistill.engine.fixedpoint import stack_bytes
 
-__all__ = ["Plan", "Sizes", "UNITS", "REVERSIBLE_STEP_COST", "parse_memory", "format_bytes", "schedule_of",
+__all__ = ["Plan", "Sizes", "UNITS", "REVERSIBLE_STEP_COST", "TAPED_MEMORY", "taped_segment", "parse_memory", "format_bytes", "schedule_of",
            "predict", "choose", "default_budget", "OFFLOADS", "offload_plan"]
 
 OFFLOADS = (None, "cpu", "disk")
@@ -155,11 +156,18 @@ def schedule_of(method: str, n: int, snapshots: int | None, offload: str | None 
     return name, schedules.lazy(name, n, snapshots, level=1 if offload == "cpu" else 0)
 
 
+TAPED_MEMORY = 3
+"""Checkpoint records its segments when that stores at most this many times what the plain √n
+schedule stores: a step's graph of up to ≈ 9 states (MLPs, LeNet: ≈ 4), where autograd's
+per-call overhead makes recording pay; a wide ConvNet's graph (≈ 25 states) keeps the plain one."""
+
+
 def taped_segment(sizes: Sizes, graph: int) -> int:
-    """L = ⌊√(n·S/G)⌋, the segment of the taped schedule that minimises (n/L)·S + L·G for states of
-    S bytes and a step's graph of G bytes (module docstring); below 2 it gains nothing (a
-    one-step tape is a replayed reverse step)."""
-    return math.isqrt(sizes.n * sizes.state_bytes // max(graph, 1))
+    """The segment L of the taped schedule that stores the least, ⌊(n−1)/L⌋ starts of S bytes and
+    L steps' graphs of G bytes (the longest on a tie: fewer backward passes), near √(n·S/G)."""
+    n, size = sizes.n, sizes.state_bytes
+    near = math.isqrt(n * size // max(graph, 1))
+    return min(range(1, min(n, 2 * near + 2) + 1), key=lambda L: ((n - 1) // L * size + L * graph, -L))
 
 
 def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Callable[[int], int],
@@ -172,9 +180,10 @@ def predict(method: str, sizes: Sizes, snapshots: int | None, autograd_bytes: Ca
     if method == "checkpoint" and snapshots is None and offload is None and graph_bytes is not None:
         graph = graph_bytes()
         segment = taped_segment(sizes, graph)
-        if segment >= 2:
-            stats = schedules.counts(schedules.lazy("taped", n, segment), n)
-            peak = stats.max_stored * sizes.state_bytes + stats.max_taped * graph
+        stats = schedules.counts(schedules.lazy("taped", n, segment), n)
+        peak = stats.max_stored * sizes.state_bytes + stats.max_taped * graph
+        plain = schedules.counts(schedules.lazy("periodic", n), n).max_stored * sizes.state_bytes
+        if segment >= 2 and peak <= TAPED_MEMORY * plain and (memory is None or peak <= memory):
             return Plan(method, None, "taped", peak, stats.forward_steps, n, memory, why, None,
                         (("memory", peak),), segment)
     if offload == "disk" and method in ("replay", "checkpoint"):  # counted without the schedule
