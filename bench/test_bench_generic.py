@@ -3,8 +3,10 @@
 (a) One outer iteration of ``Distiller([lenet((1, 28, 28), 10)], steps=10, epochs=3,
     per_class=1, restarts=10)`` (n = 30, real batch 256) against ten ``restarts=None`` runs;
     the same on 1×8×8 (digits' size), where a step is small enough for vmap to pay.
-(b) method="checkpoint" against method="autograd" (one hypergradient) for that LeNet and for
-    the paper MLP 2-10-10-10-1 forced onto the generic step.
+(b) method="checkpoint" (on the generic step: the taped schedule, recorded segments) against
+    method="autograd" (one hypergradient) for that LeNet and for the paper MLP 2-10-10-10-1
+    forced onto the generic step. The groups run one after the other: for a ratio that the
+    machine's drift does not move, interleave the two (README: best of 10 interleaved rounds).
 (c) One reverse product for ten LeNet rows: vmap with each second-order mode, compiled
     (``compile=True``; compiled in the warm-up round, its seconds printed), and the loop.
 (d) value_and_grad and reverse for ten LeNet 28x28 rows, 10 (a synthetic step) or 256 (the

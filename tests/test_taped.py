@@ -15,6 +15,7 @@ import memdistill as md
 from memdistill.engine import schedules
 from memdistill.engine.baseline import autograd_step_bytes, autograd_unroll
 from memdistill.engine.dynamics import SGD
+from memdistill.engine.hypergradient import plan_sweep
 from memdistill.engine.loop import Data, run
 from memdistill.engine.planner import Sizes, taped_segment
 from memdistill.engine.schedules import Action, Op, simulate
@@ -168,6 +169,9 @@ def test_analytic_steps_and_large_graphs_keep_the_plain_schedule():
     assert md.plan(*args, epochs=epochs, method="checkpoint", step="fused").schedule == "periodic"
     assert md.plan(*args, epochs=epochs, method="checkpoint", snapshots=4, step="generic").schedule == "binomial"
     assert md.plan(*args, epochs=epochs, method="checkpoint", step="generic", offload="cpu").schedule == "periodic"
+    step = GenericStep(args[0], compile=True)
+    data = Data(*args[1:3], *args[4:])
+    assert plan_sweep(step, data, args[3], step.flatten(), method="checkpoint").schedule == "periodic"
     # a short unroll: the least taped peak has segments of 1 step
     p = make_problem("mlp-binary", s=3, epochs=1)
     assert md.plan(*p.args(), epochs=1, method="checkpoint", step="generic").schedule == "periodic"
