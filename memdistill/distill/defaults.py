@@ -6,7 +6,7 @@ class × 3 epochs (n = 30), x̃ started from real images, a higher first learnin
 barely move in 30 steps at 0.02), and a run counted in outer steps rather than epochs (1,198
 digits and 60,000 MNIST images make very different epochs), and ``method="auto"``: the fastest
 method whose stored states fit the memory budget (LeNet's 30 steps fit in a few MiB, so it runs
-autograd or replay, 1.4x faster than checkpoint on digits-images and 1.1x on MNIST, with the
+autograd or replay, 1.25x faster than checkpoint on digits-images and 1.1x on MNIST, with the
 same bits; a bigger net or unroll falls back to checkpoint). ``memdistill distill`` starts from
 :func:`defaults_for`; every value can be overridden; a batch job on image data takes them for
 the keys it leaves out (``memdistill.apps.jobfile.IMAGE_DEFAULTS``).
