@@ -53,8 +53,8 @@ import torch
 from memdistill.engine import schedules
 from memdistill.engine.fixedpoint import stack_bytes
 
-__all__ = ["Plan", "Sizes", "UNITS", "REVERSIBLE_STEP_COST", "TAPED_MEMORY", "taped_segment", "parse_memory", "format_bytes", "schedule_of",
-           "predict", "choose", "default_budget", "OFFLOADS", "offload_plan"]
+__all__ = ["Plan", "Sizes", "UNITS", "REVERSIBLE_STEP_COST", "TAPED_MEMORY", "taped_segment", "parse_memory",
+           "format_bytes", "schedule_of", "predict", "choose", "default_budget", "OFFLOADS", "offload_plan"]
 
 OFFLOADS = (None, "cpu", "disk")
 
