@@ -231,3 +231,20 @@ def test_taped_gradcheck():
         return md.unrolled_loss(p.model, x_syn, p.y_syn, lrs, p.x_real, p.y_real, epochs=4, momentum=0.5,
                                 method="checkpoint", step="generic")
     assert torch.autograd.gradcheck(outer, (p.x_syn.clone().requires_grad_(), p.lrs.clone().requires_grad_()))
+
+
+def test_auto_takes_the_taped_schedule_between_replay_and_binomial():
+    args, epochs = mlp_case(64)
+    taped = md.plan(*args, epochs=epochs, method="checkpoint", step="generic")
+    replay = md.plan(*args, epochs=epochs, method="replay", step="generic")
+    assert taped.schedule == "taped" and taped.predicted_peak_bytes < replay.predicted_peak_bytes
+    budget = (taped.predicted_peak_bytes + replay.predicted_peak_bytes) // 2
+    plan = md.plan(*args, epochs=epochs, method="auto", step="generic", memory=budget)
+    assert (plan.method, plan.schedule, plan.segment) == ("checkpoint", "taped", taped.segment)
+    assert "recorded segment" in plan.why
+    hg = md.hypergradient(*args, epochs=epochs, method="auto", step="generic", memory=budget)
+    assert hg.stats["schedule"] == "taped" and hg.stats["peak_stored_bytes"] == taped.predicted_peak_bytes <= budget
+    # under the taped peak: binomial checkpointing; an analytic step never records
+    assert md.plan(*args, epochs=epochs, method="auto", step="generic",
+                   memory=taped.predicted_peak_bytes - 1).schedule == "binomial"
+    assert md.plan(*args, epochs=epochs, method="auto", step="fused", memory=budget).schedule == "binomial"

@@ -94,13 +94,14 @@ def plan_sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momen
     def graph_bytes() -> int:
         return autograd_step_bytes(step, data, lrs, theta0, momentum)[1]
 
-    if method == "auto":
-        budget = memory if memory is not None else default_budget(
-            torch.device("cpu") if offload == "cpu" else theta0.device)
-        return choose(sizes, budget, autograd_bytes if step.name == "generic" else None, offload)
     # The tape records in grad mode, which compiled products leave to eager code: compiled steps
     # keep the plain schedule, whose every product is compiled.
     records = step.name == "generic" and not step.compile
+    if method == "auto":
+        budget = memory if memory is not None else default_budget(
+            torch.device("cpu") if offload == "cpu" else theta0.device)
+        return choose(sizes, budget, autograd_bytes if step.name == "generic" else None, offload,
+                      graph_bytes if records else None)
     plan = predict(method, sizes, snapshots, autograd_bytes, memory, f"method={method!r} was asked for", offload,
                    graph_bytes if records else None)
     if memory is not None and plan.predicted_peak_bytes > memory:

@@ -19,7 +19,8 @@ momentum: θ and v):
   real shapes by unrolling 1 and 2 steps (the data are saved once, every further step alike).
 
 ``method="auto"`` takes the fastest that fits: autograd (only with the generic step: the analytic
-fused and C++ steps replay faster than autograd unrolls, 0.50× at width 256), replay, binomial
+fused and C++ steps replay faster than autograd unrolls, 0.50× at width 256), replay, taped
+checkpointing (the generic step, where it records: as fast as replay for small models), binomial
 checkpointing with the most snapshots that fit (least recomputation), then reversible (momentum
 > 0; its trajectory is the fixed-point one, exact for it and ≤ 1e-9 from autograd in float64).
 Reversible also wins over a binomial schedule that would recompute more than it costs,
@@ -224,10 +225,13 @@ def _snapshots(count: int) -> str:
 
 
 def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | None,
-           offload: str | None = None) -> Plan:
+           offload: str | None = None, graph_bytes: Callable[[], int] | None = None) -> Plan:
     """``method="auto"``: the fastest plan whose predicted peak is at most ``memory`` bytes.
 
-    ``autograd_bytes`` None: autograd is no candidate (the step is analytic). ValueError, naming
+    ``autograd_bytes`` None: autograd is no candidate (the step is analytic). ``graph_bytes``
+    (a step that records, :func:`predict`): checkpoint's taped schedule is the next candidate
+    after replay (as fast as replay on small models, and faster than binomial checkpointing in
+    the same memory, which recomputes its segments and each reverse step's gradient). ValueError, naming
     the smallest budget that would do, when nothing fits. ``offload`` "cpu": no autograd (its
     graphs stay on the device), the choice's snapshots on the host; "disk": replay in memory if
     every state fits, else two-level checkpointing with as many memory snapshots as fit (never
@@ -252,6 +256,11 @@ def choose(sizes: Sizes, memory: int, autograd_bytes: Callable[[int], int] | Non
                    f"every state fits in {budget}")
     if _fits(plan, memory):
         return plan
+    if graph_bytes is not None:
+        plan = predict("checkpoint", sizes, None, lambda n: 0, memory, "", None, graph_bytes)
+        if plan.schedule == "taped":   # predict keeps it within memory
+            return replace(plan, why=f"the segment starts and one recorded segment ({plan.segment} steps' graphs) "
+                                     f"fit in {budget} (not all {sizes.n} states)")
     reversible = (predict("reversible", sizes, None, lambda n: 0, memory,
                           f"the fixed-point bit stack fits in {budget}") if sizes.momentum else None)
     slots = min(memory // sizes.state_bytes, sizes.n)
