@@ -117,7 +117,7 @@ class Plan:
     Attributes:
       method: "autograd" | "replay" | "checkpoint" | "reversible".
       snapshots: the binomial schedule's stored states (checkpoint), else None.
-      schedule: "autograd" | "store-all" | "periodic" | "binomial" | "reversible".
+      schedule: "autograd" | "store-all" | "periodic" | "taped" | "binomial" | "reversible" | "two-level".
       predicted_peak_bytes: what the method will store for the reverse pass (the run's
         ``stats["peak_stored_bytes"]``; equal to it but for autograd, where it is measured).
       forward_steps: inner steps computed outside reverse steps, recomputation included.
