@@ -6,7 +6,7 @@ backward pass from (∂L/∂θ_end, ∂L/∂v_end) to the tape's start, which al
 and ∂L/∂η̃ of its steps. It is Algorithm 3 over a segment, with each step's gradient computed once
 (the reverse step of a replayed step would compute it again) and one autograd call per segment
 instead of two per step: for small models, where autograd's per-call overhead dominates, the
-cost of checkpointing falls from ≈ 1.7× to ≈ 1.3× autograd's (paper MLP on the generic step).
+cost of checkpointing falls from ≈ 1.8× to ≈ 1.3× autograd's (paper MLP on the generic step).
 
 Used by the ``taped`` schedule's RECORD / UNWIND actions (:mod:`memdistill.engine.schedules`);
 what it holds is counted by :class:`SavedBytes`, the bytes autograd saves for backward.
