@@ -175,8 +175,10 @@ def plan(model: nn.Module, x_syn: Tensor, y_syn: Tensor, lrs: Tensor, x_real: Te
 
     Takes the arguments of :func:`hypergradient` (``method`` defaults to "auto" here) and returns
     its :class:`~memdistill.engine.planner.Plan`: method, snapshots, schedule, predicted peak
-    stored bytes, forward steps, why, and with ``offload`` the storage levels and their bytes. Only autograd's prediction computes anything: one and
-    two unrolled steps with graphs, on the real shapes (see :mod:`memdistill.engine.planner`).
+    stored bytes, forward steps, why, and with ``offload`` the storage levels and their bytes.
+    Only the predictions that need a step's graph (autograd, auto and checkpoint on the generic
+    step) compute anything: one and two unrolled steps with graphs, on the real shapes, once per
+    architecture and shapes (see :mod:`memdistill.engine.planner`).
 
     Examples:
       >>> import torch, memdistill as md
