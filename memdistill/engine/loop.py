@@ -112,8 +112,7 @@ def _execute(actions: Iterable[Action], dynamics: Dynamics, step: GenericStep, d
             state = tape.record(state, k)
             forward += 1
         elif op is Op.UNWIND:   # the tape's steps, end − 1 … k, reversed in one backward pass
-            taped = tape.nbytes()   # at its longest: what the graphs held
-            state, adj, grads = tape.unwind(state, adj)
+            state, adj, grads, taped = tape.unwind(state, adj)   # taped: what its graphs held
             grad_lrs.add_(grads.lrs)
             grad_x.add_(grads.x)
             if grad_y is not None:

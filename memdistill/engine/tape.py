@@ -108,18 +108,21 @@ class Tape:
         with torch.enable_grad(), hooks:
             return recorded_step(self.step, state, self.xs[i], self.ys[i], self.lrs[k], self.momentum)
 
-    def nbytes(self) -> int:
-        """Bytes the tape's graphs hold now (the data and learning rates excluded: held anyway)."""
+    def _held_bytes(self) -> int:
+        """Bytes the tape's graphs hold now (the data and learning rates excluded: held anyway):
+        measured on the first MEASURED tapes, which set the bytes per step of the later ones."""
         if self.measured >= self.MEASURED:
             return self.length * self.step_bytes
-        return self.saved.live_bytes()
+        held = self.saved.live_bytes()
+        self.step_bytes, self.measured = held // self.length, self.measured + 1
+        self.saved.saved.clear()
+        return held
 
-    def unwind(self, state: State, adj: Adjoint) -> tuple[State, Adjoint, TapeGrads]:
+    def unwind(self, state: State, adj: Adjoint) -> tuple[State, Adjoint, TapeGrads, int]:
         """One backward pass from ``adj`` at the tape's end ``state`` to its start: (the start state,
-        the adjoint there, the data's and learning rates' gradients); the tape is then empty."""
-        if self.measured < self.MEASURED:
-            self.step_bytes, self.measured = self.saved.live_bytes() // self.length, self.measured + 1
-            self.saved.saved.clear()
+        the adjoint there, the data's and learning rates' gradients, the bytes the tape held at its
+        longest, just before); the tape is then empty."""
+        held = self._held_bytes()
         start, self.start, self.length = self.start, None, 0
         leaves = {"theta": start.theta, "v": start.v, "x": self.x, "lrs": self.lrs, "y": self.y}
         leaves = {name: t for name, t in leaves.items() if t is not None and t.requires_grad}
@@ -128,4 +131,4 @@ class Tape:
                                         [t for t in adj if t is not None], allow_unused=True)
         grads = {name: torch.zeros_like(t) if g is None else g for (name, t), g in zip(leaves.items(), found)}
         back = State(start.theta.detach(), None if start.v is None else start.v.detach())
-        return back, Adjoint(grads["theta"], grads.get("v")), TapeGrads(grads["x"], grads.get("y"), grads["lrs"])
+        return back, Adjoint(grads["theta"], grads.get("v")), TapeGrads(grads["x"], grads.get("y"), grads["lrs"]), held
