@@ -237,11 +237,12 @@ class GroupStep {
       T loss = 0;
       for (int64_t s = 0; s < pr_.b; ++s) {
         store(z_ + s * C * M, C, zc, m);
-        loss += head_forward(zc, C, io_.label ? io_.label[y_row(j[m]) + s] : 0, target(j[m], s), inv_b, pc, dc);
+        loss += head_forward(zc, C, io_.label ? io_.label[y_row(j[m]) + s] : 0, target(j[m], s), inv_b, pc, dc,
+                             io_.loss != nullptr);
         gather(pc, C, p_ + s * C * M, m);
         gather(dc, C, d_[0] + s * C * M, m);
       }
-      if (m < real && !reverse_) io_.loss[j[m]] = loss;
+      if (m < real && io_.loss) io_.loss[j[m]] = loss;
     }
   }
 
@@ -362,19 +363,25 @@ void sum_models(const at::Tensor& part, at::Tensor& out) {
     for (int64_t k = 0; k < n; ++k) dst[k] += src[j * n + k];
 }
 
-std::tuple<at::Tensor, at::Tensor> mlp_value_and_grad_cpu(const at::Tensor& theta, const at::Tensor& x,
-                                                          const at::Tensor& y, c10::IntArrayRef sizes) {
-  const char* op = "memdistill::mlp_value_and_grad";
+// g [B, P] and, when `loss` is defined, the losses [B] into it.
+at::Tensor gradient_cpu(const char* op, const at::Tensor& theta, const at::Tensor& x, const at::Tensor& y,
+                        c10::IntArrayRef sizes, at::Tensor loss) {
   const MlpProblem pr = check_mlp_inputs(op, theta, x, y, nullptr, sizes);
   check_class_ids(op, pr, y);
-  at::Tensor loss = at::empty({pr.B}, theta.options()), g = at::empty_like(theta);
+  at::Tensor g = at::empty_like(theta);
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "mlp_value_and_grad_cpu", [&] {
     Io<scalar_t> io = make_io<scalar_t>(pr, theta, x, y);
-    io.loss = loss.mutable_data_ptr<scalar_t>();
+    if (loss.defined()) io.loss = loss.mutable_data_ptr<scalar_t>();
     io.g = g.mutable_data_ptr<scalar_t>();
     run_groups(pr, io, false);
   });
-  return {loss, g};
+  return g;
+}
+
+std::tuple<at::Tensor, at::Tensor> mlp_value_and_grad_cpu(const at::Tensor& theta, const at::Tensor& x,
+                                                          const at::Tensor& y, c10::IntArrayRef sizes) {
+  at::Tensor loss = at::empty({theta.dim() == 2 ? theta.size(0) : 0}, theta.options());
+  return {loss, gradient_cpu("memdistill::mlp_value_and_grad", theta, x, y, sizes, loss)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_reverse_cpu(const at::Tensor& theta,
@@ -405,6 +412,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_reverse_cpu(const
 }
 
 }  // namespace
+
+at::Tensor mlp_grad_cpu(const at::Tensor& theta, const at::Tensor& x, const at::Tensor& y, c10::IntArrayRef sizes) {
+  return gradient_cpu("memdistill::mlp_sgd_advance", theta, x, y, sizes, at::Tensor());
+}
 
 TORCH_LIBRARY(memdistill, m) {
   m.set_python_module("memdistill.engine.steps.extension");  // where the fake (meta) kernels live

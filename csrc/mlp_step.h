@@ -36,6 +36,9 @@ struct MlpProblem {
 MlpProblem check_mlp_inputs(const char* op, const at::Tensor& theta, const at::Tensor& x,
                             const at::Tensor& y, const at::Tensor* w, c10::IntArrayRef sizes);
 
+// The CPU kernel's gradient alone, g = ∇θ l [B, P] (no loss: for mlp_sgd_advance, csrc/sgd_step.cpp).
+at::Tensor mlp_grad_cpu(const at::Tensor& theta, const at::Tensor& x, const at::Tensor& y, c10::IntArrayRef sizes);
+
 MD_HOST_DEVICE float md_exp(float v) { return expf(v); }
 MD_HOST_DEVICE double md_exp(double v) { return exp(v); }
 MD_HOST_DEVICE float md_log(float v) { return logf(v); }
@@ -44,20 +47,21 @@ MD_HOST_DEVICE float md_log1p(float v) { return log1pf(v); }
 MD_HOST_DEVICE double md_log1p(double v) { return log1p(v); }
 
 // Loss head of one row with logits z[C] and target class id `label` (t == nullptr) or float
-// targets t[C]; inv_b = 1/b. Writes p[C] and δ[C] = ∂l/∂z, returns the row's loss / b.
+// targets t[C]; inv_b = 1/b. Writes p[C] and δ[C] = ∂l/∂z, returns the row's loss / b (0 when
+// not `with_loss`: a gradient or reverse product alone skips the BCE's log).
 //   C = 1 (BCE, target τ = t[0] or label): l = max(z,0) − zτ + log(1 + e^{−|z|}), p = σ(z),
 //          δ = (p − τ)/b.
 //   C > 1 (cross-entropy): p = softmax(z), l = −Σ_c t_c log p_c, δ = (p Σ_c t_c − t)/b
 //          (t one-hot for class ids).
 template <typename T>
 MD_HOST_DEVICE T head_forward(const T* z, int64_t C, int64_t label, const T* t, T inv_b, T* p,
-                              T* delta) {
+                              T* delta, bool with_loss = true) {
   if (C == 1) {
     const T v = z[0], tau = t ? t[0] : static_cast<T>(label);
     const T e = md_exp(v >= 0 ? -v : v);  // e^{−|z|}
     p[0] = v >= 0 ? 1 / (1 + e) : e / (1 + e);
     delta[0] = (p[0] - tau) * inv_b;
-    return ((v > 0 ? v : 0) - v * tau + md_log1p(e)) * inv_b;
+    return with_loss ? ((v > 0 ? v : 0) - v * tau + md_log1p(e)) * inv_b : T(0);
   }
   T m = z[0];
   for (int64_t c = 1; c < C; ++c) m = z[c] > m ? z[c] : m;

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import mlp, rel
 
+import memdistill as md
+from memdistill.engine import dynamics
 from memdistill.engine.steps import extension as ops
 from memdistill.engine.steps.fused import FusedMLPStep
 
@@ -139,3 +141,75 @@ def test_a_native_build_is_not_loaded_on_a_cpu_without_its_instruction_sets(tmp_
     monkeypatch.setattr(ops, "missing_instruction_sets", lambda: ["avx512f"])
     module, reason = ops._load()
     assert module is None and "avx512f" in reason and "MEMDISTILL_PORTABLE=1" in reason
+
+
+def sgd_case(case, per_row: bool, momentum: float, device: str):
+    """The C++ step, and a state, adjoint, rate and batch of `case` on `device` for one SGD step."""
+    ref, theta, x, y, w = sample(*case)
+    g = torch.Generator().manual_seed(1)
+    B, dtype = theta.shape[0], theta.dtype
+    lr = (0.05 + torch.rand(B, 1, generator=g, dtype=dtype)) if per_row else torch.tensor(0.1, dtype=dtype)
+    v = torch.randn(theta.shape, generator=g, dtype=dtype) if momentum else None
+    adj = dynamics.Adjoint(w, torch.randn(theta.shape, generator=g, dtype=dtype) if momentum else None)
+    move = lambda t: None if t is None else t.to(device)   # noqa: E731
+    state = dynamics.State(move(theta), move(v))
+    return (ops.ExtensionMLPStep(ref.model), state, move(x), move(y), move(lr),
+            dynamics.Adjoint(move(adj.theta), move(adj.v)))
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("per_row", [False, True], ids=["one-rate", "rate-per-model"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_sgd_ops_are_the_engine_equations(case, per_row, momentum, device, monkeypatch):
+    """mlp_sgd_advance / mlp_sgd_reverse against dynamics.sgd_update and reverse_step composed
+    from the step's two products: the same bits, but ∂L/∂η (its own summation order)."""
+    step, state, x, y, lr, adj = sgd_case(case, per_row, momentum, device)
+    assert step.fused_sgd
+    fused = dynamics.State(*step.sgd_advance(state.theta, state.v, x, y, lr, momentum))
+    fused_adj, fused_grads = dynamics.reverse_step(step, state, x, y, lr, momentum, adj)
+    monkeypatch.setattr(ops.ExtensionMLPStep, "fused_sgd", False)
+    composed = dynamics.sgd_update(state, step.grad(state.theta, x, y), lr, momentum)
+    composed_adj, composed_grads = dynamics.reverse_step(step, state, x, y, lr, momentum, adj)
+    for got, want in [(fused, composed), (fused_adj, composed_adj),
+                      (fused_grads[1:], composed_grads[1:])]:
+        for a, b in zip(got, want):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert fused_grads.lr.shape == lr.shape
+    assert_close([fused_grads.lr], [composed_grads.lr], case[-1])
+
+
+@needs_ext
+def test_sgd_ops_opcheck_and_input_checks():
+    step, state, x, y, lr, adj = sgd_case(CASES[0], True, 0.9, "cpu")
+    sizes = step.widths
+    torch.library.opcheck(torch.ops.memdistill.mlp_sgd_advance.default, (state.theta, state.v, x, y, lr, 0.9, sizes))
+    torch.library.opcheck(torch.ops.memdistill.mlp_sgd_reverse.default,
+                          (state.theta, state.v, x, y, lr, 0.9, adj.theta, adj.v, sizes))
+    with pytest.raises(RuntimeError, match=r"lr must be 0-d or \[4, 1\]"):
+        torch.ops.memdistill.mlp_sgd_advance(state.theta, state.v, x, y, lr[:2], 0.9, sizes)
+    with pytest.raises(RuntimeError, match="v and adj_v must be given together"):
+        torch.ops.memdistill.mlp_sgd_reverse(state.theta, state.v, x, y, lr, 0.9, adj.theta, None, sizes)
+    with pytest.raises(RuntimeError, match="must have theta's shape"):
+        torch.ops.memdistill.mlp_sgd_advance(state.theta, state.v[:2], x, y, lr, 0.9, sizes)
+    with pytest.raises(RuntimeError, match="theta's dtype and device"):
+        torch.ops.memdistill.mlp_sgd_advance(state.theta, state.v, x, y, lr.double(), 0.9, sizes)
+
+
+@needs_ext
+def test_sweeps_of_the_cpp_step_take_one_op_per_sgd_step(monkeypatch):
+    """Every forward and reverse step of a checkpoint sweep on the C++ step is one fused op."""
+    calls = {"sgd_advance": 0, "sgd_reverse": 0}
+    for name in calls:
+        original = getattr(ops.ExtensionMLPStep, name)
+
+        def counted(self, *args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, *args)
+        monkeypatch.setattr(ops.ExtensionMLPStep, name, counted)
+    n, model = 12, mlp([2, 10, 1])
+    out = md.hypergradient(model, torch.randn(4, 3, 2), torch.randint(0, 2, (4, 3)), torch.full((n,), 0.1),
+                           torch.randn(16, 2), torch.randint(0, 2, (16,)), epochs=3, method="checkpoint", momentum=0.9)
+    assert out.stats["step"] == "cpp"
+    assert calls == {"sgd_advance": out.stats["forward_steps"], "sgd_reverse": n}

@@ -48,13 +48,18 @@ class SGD:
 
     holds = False   # nothing held beside the stored states
 
-    def __init__(self, gradient: Gradient, lrs: Tensor, momentum: float):
-        self.gradient, self.lrs, self.momentum = gradient, lrs, momentum
+    def __init__(self, gradient: Gradient, lrs: Tensor, momentum: float,
+                 update: Callable[[State, int], State] | None = None):
+        """``update``: (state k, k) -> state k + 1 in one call (a fused step's ``sgd_advance``),
+        the same bits as :meth:`advance` composes from ``gradient`` and :func:`sgd_update`."""
+        self.gradient, self.lrs, self.momentum, self.update = gradient, lrs, momentum, update
 
     def start(self, theta0: Tensor) -> State:
         return State(theta0, torch.zeros_like(theta0) if self.momentum else None)
 
     def advance(self, state: State, k: int) -> State:
+        if self.update is not None:
+            return self.update(state, k)
         return sgd_update(state, self.gradient(state.theta, k), self.lrs[k], self.momentum)
 
     def retreat(self, state: State, k: int) -> State:
@@ -82,6 +87,9 @@ class StepGrads(NamedTuple):
 def reverse_step(step: GenericStep, state: State, x: Tensor, y: Tensor, lr: Tensor,
                  momentum: float, adj: Adjoint) -> tuple[Adjoint, StepGrads]:
     """Adjoint of inner step k at state (θ_k, v_k): (∂L/∂θ_{k+1}, ∂L/∂v_{k+1}) -> (∂L/∂θ_k, ∂L/∂v_k)."""
+    if step.fused_sgd:   # the same equations in one call (the C++ step)
+        theta, v, grad_lr, dx, dy = step.sgd_reverse(state.theta, state.v, x, y, lr, momentum, adj.theta, adj.v)
+        return Adjoint(theta, v), StepGrads(grad_lr, dx, dy)
     w = -lr * adj.theta if adj.v is None else adj.v - lr * adj.theta
     g, hvp, dx, dy = step.reverse(state.theta, x, y, w)
     v_next = g if state.v is None else momentum * state.v + g

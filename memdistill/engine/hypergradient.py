@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from memdistill.engine.baseline import autograd_saved_bytes, autograd_step_bytes, autograd_unroll
-from memdistill.engine.dynamics import SGD
+from memdistill.engine.dynamics import SGD, State
 from memdistill.engine.fixedpoint import ExactSGD
 from memdistill.engine.loop import Data, Sweep, run
 from memdistill.engine.planner import (
@@ -135,8 +135,11 @@ def sweep(step: GenericStep, data: Data, lrs: Tensor, theta0: Tensor, momentum: 
     def gradient(theta: Tensor, k: int) -> Tensor:
         return step.grad(theta, xs[k % s], ys[k % s])
 
+    def update(state: State, k: int) -> State:   # a fused step: the whole SGD step in one call
+        return State(*step.sgd_advance(state.theta, state.v, xs[k % s], ys[k % s], lrs[k], momentum))
+
     dynamics = (ExactSGD(gradient, lrs, momentum, theta0.dtype, frac_bits) if chosen.method == "reversible"
-                else SGD(gradient, lrs, momentum))
+                else SGD(gradient, lrs, momentum, update if step.fused_sgd else None))
     _, actions = schedule_of(chosen.method, n, chosen.snapshots, chosen.offload, chosen.segment)
     with storage_levels(chosen, offload_dir) as levels, step.no_graph():
         result = run(actions, dynamics, step, data, lrs, theta0, levels)

@@ -12,7 +12,13 @@ with sizes = [in, h1, …, out] and the contract of :class:`memdistill.engine.st
 θ [B, P], x [b, in] or [B, b, in], y class ids or float targets; value_and_grad returns
 (the B losses l_j [B], g [B, P]) and reverse (g, Hw [B, P], dx (shape of x), dy (shape of y, or an
 empty [0] tensor for class ids)). Without the extension, the wrappers below compute the same
-numbers with the pure-PyTorch FusedMLPStep.
+numbers with the pure-PyTorch FusedMLPStep. Two more ops (csrc/sgd_step.cpp) take a whole step of
+momentum SGD, forward or reversed, in one call (:meth:`ExtensionMLPStep.sgd_advance`,
+:meth:`ExtensionMLPStep.sgd_reverse`; the engine uses them where ``step.fused_sgd``)::
+
+    memdistill::mlp_sgd_advance(θ, v?, x, y, lr, momentum, sizes) -> (θ_{k+1}, v_{k+1})
+    memdistill::mlp_sgd_reverse(θ, v?, x, y, lr, momentum, adj_theta, adj_v?, sizes)
+        -> (∂L/∂θ_k, ∂L/∂v_k or None, ∂L/∂η_k, dx, dy)
 
 The ops are forward-only (no autograd formula is registered): they already return the first
 and second derivatives the engine needs, so gradcheck does not apply to them.
@@ -99,6 +105,18 @@ if extension_available():
         dy = torch.empty_like(y) if y.is_floating_point() else theta.new_empty((0,))
         return torch.empty_like(theta), torch.empty_like(theta), torch.empty_like(x), dy
 
+    @torch.library.register_fake("memdistill::mlp_sgd_advance")
+    def _(theta: Tensor, v: Tensor | None, x: Tensor, y: Tensor, lr: Tensor, momentum: float,
+          sizes: list[int]) -> tuple[Tensor, Tensor]:
+        return torch.empty_like(theta), torch.empty_like(theta)
+
+    @torch.library.register_fake("memdistill::mlp_sgd_reverse")
+    def _(theta: Tensor, v: Tensor | None, x: Tensor, y: Tensor, lr: Tensor, momentum: float, adj_theta: Tensor,
+          adj_v: Tensor | None, sizes: list[int]) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        dy = torch.empty_like(y) if y.is_floating_point() else theta.new_empty((0,))
+        adj_v_prev = None if v is None else torch.empty_like(theta)
+        return torch.empty_like(theta), adj_v_prev, torch.empty_like(lr), torch.empty_like(x), dy
+
 
 @functools.cache
 def _python_step(sizes: tuple[int, ...]) -> FusedMLPStep:
@@ -147,3 +165,21 @@ class ExtensionMLPStep(FusedMLPStep):
         g, hw, dx, dy = torch.ops.memdistill.mlp_reverse.default(theta.contiguous(), x.contiguous(), y.contiguous(),
                                                                  w.contiguous(), self.widths)
         return g, hw, dx, dy if y.is_floating_point() else None
+
+    fused_sgd = True
+
+    def sgd_advance(self, theta: Tensor, v: Tensor | None, x: Tensor, y: Tensor, lr: Tensor,
+                    momentum: float) -> tuple[Tensor, Tensor | None]:
+        """(θ_{k+1}, v_{k+1}): :func:`memdistill.engine.dynamics.sgd_update` of this step's gradient,
+        in one op (the same bits)."""
+        theta, v_next = torch.ops.memdistill.mlp_sgd_advance.default(theta, v, x, y, lr, momentum, self.widths)
+        return theta, None if v is None else v_next
+
+    def sgd_reverse(self, theta: Tensor, v: Tensor | None, x: Tensor, y: Tensor, lr: Tensor, momentum: float,
+                    adj_theta: Tensor, adj_v: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor, Tensor,
+                                                                      Tensor | None]:
+        """:func:`memdistill.engine.dynamics.reverse_step` in one op: (∂L/∂θ_k, ∂L/∂v_k, ∂L/∂η_k, dx, dy).
+        The adjoints are the same bits; ∂L/∂η_k sums in its own fixed order (in double for float32)."""
+        adj_theta, adj_v, grad_lr, dx, dy = torch.ops.memdistill.mlp_sgd_reverse.default(
+            theta, v, x, y, lr, momentum, adj_theta, adj_v, self.widths)
+        return adj_theta, adj_v, grad_lr, dx, dy if y.is_floating_point() else None

@@ -174,6 +174,10 @@ class GenericStep:
     """
 
     name = "generic"
+    fused_sgd = False
+    """Whether the step has ``sgd_advance`` and ``sgd_reverse``: a whole step of momentum SGD,
+    forward or reversed, in one call (the C++ step). Without them the engine composes
+    :meth:`grad` and :meth:`reverse` with :mod:`memdistill.engine.dynamics`' equations."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None = None, *, batched: bool = True,
                  second_order: str = "reverse", per_model: bool = False, compile: bool = False):
