@@ -97,20 +97,18 @@ void velocity(const T* v, T momentum, int64_t n, T* scratch, T* g) {
   add(scratch, g, n, g);
 }
 
-at::Tensor contiguous(const at::Tensor& t) { return t.contiguous(); }
-
 Pair mlp_sgd_advance_cpu(const at::Tensor& theta, const Opt& v, const at::Tensor& x, const at::Tensor& y,
                          const at::Tensor& lr, double momentum, c10::IntArrayRef sizes) {
   check("memdistill::mlp_sgd_advance", theta, v, lr, nullptr, Opt());
-  const at::Tensor th = contiguous(theta);
-  at::Tensor g = mlp_grad_cpu(th, contiguous(x), contiguous(y), sizes);  // becomes v_{k+1}
+  const at::Tensor th = theta.contiguous();
+  at::Tensor g = mlp_grad_cpu(th, x.contiguous(), y.contiguous(), sizes);  // becomes v_{k+1}
   at::Tensor next = at::empty_like(th);
   AT_DISPATCH_FLOATING_TYPES(th.scalar_type(), "mlp_sgd_advance_cpu", [&] {
     const int64_t B = th.size(0), P = th.size(1), n = B * P;
     scalar_t* vn = g.mutable_data_ptr<scalar_t>();
     scalar_t* out = next.mutable_data_ptr<scalar_t>();
-    if (given(v)) velocity(contiguous(*v).const_data_ptr<scalar_t>(), static_cast<scalar_t>(momentum), n, out, vn);
-    const at::Tensor rate = contiguous(lr);
+    if (given(v)) velocity(v->contiguous().const_data_ptr<scalar_t>(), static_cast<scalar_t>(momentum), n, out, vn);
+    const at::Tensor rate = lr.contiguous();
     scale(vn, rate.const_data_ptr<scalar_t>(), lr.dim() == 2, B, P, out);   // η v_{k+1}
     sub(th.const_data_ptr<scalar_t>(), out, n, out);                        // θ − η v_{k+1}
   });
@@ -121,7 +119,7 @@ Five mlp_sgd_reverse_cpu(const at::Tensor& theta, const Opt& v, const at::Tensor
                          const at::Tensor& lr, double momentum, const at::Tensor& adj_theta, const Opt& adj_v,
                          c10::IntArrayRef sizes) {
   check("memdistill::mlp_sgd_reverse", theta, v, lr, &adj_theta, adj_v);
-  const at::Tensor dth = contiguous(adj_theta), rate = contiguous(lr);
+  const at::Tensor dth = adj_theta.contiguous(), rate = lr.contiguous();
   at::Tensor w = at::empty_like(dth), grad_lr = at::empty_like(rate);
   const int64_t B = dth.size(0), P = dth.size(1), n = B * P;
   AT_DISPATCH_FLOATING_TYPES(dth.scalar_type(), "mlp_sgd_reverse_cpu_w", [&] {
@@ -129,7 +127,7 @@ Five mlp_sgd_reverse_cpu(const at::Tensor& theta, const Opt& v, const at::Tensor
     scalar_t* out = w.mutable_data_ptr<scalar_t>();
     if (given(adj_v)) {   // dv − η dθ
       scale(dth.const_data_ptr<scalar_t>(), eta, lr.dim() == 2, B, P, out);
-      sub(contiguous(*adj_v).const_data_ptr<scalar_t>(), out, n, out);
+      sub(adj_v->contiguous().const_data_ptr<scalar_t>(), out, n, out);
     } else {              // (−η) dθ
       const scalar_t* a = dth.const_data_ptr<scalar_t>();
       for (int64_t j = 0; j < B; ++j) {
@@ -138,14 +136,14 @@ Five mlp_sgd_reverse_cpu(const at::Tensor& theta, const Opt& v, const at::Tensor
       }
     }
   });
-  auto [g, hw, dx, dy] = reverse(contiguous(theta), contiguous(x), contiguous(y), w, sizes);
+  auto [g, hw, dx, dy] = reverse(theta.contiguous(), x.contiguous(), y.contiguous(), w, sizes);
   at::Tensor adj_prev = at::empty_like(dth), adj_v_prev;
   AT_DISPATCH_FLOATING_TYPES(dth.scalar_type(), "mlp_sgd_reverse_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, float>, double, scalar_t>;
     scalar_t* vn = g.mutable_data_ptr<scalar_t>();   // becomes v_{k+1}
     const scalar_t* a = dth.const_data_ptr<scalar_t>();
     if (given(v))
-      velocity(contiguous(*v).const_data_ptr<scalar_t>(), static_cast<scalar_t>(momentum), n,
+      velocity(v->contiguous().const_data_ptr<scalar_t>(), static_cast<scalar_t>(momentum), n,
                adj_prev.mutable_data_ptr<scalar_t>(), vn);
     scalar_t* dl = grad_lr.mutable_data_ptr<scalar_t>();
     acc_t total = 0;
