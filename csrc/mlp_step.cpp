@@ -363,25 +363,24 @@ void sum_models(const at::Tensor& part, at::Tensor& out) {
     for (int64_t k = 0; k < n; ++k) dst[k] += src[j * n + k];
 }
 
-// g [B, P] and, when `loss` is defined, the losses [B] into it.
-at::Tensor gradient_cpu(const char* op, const at::Tensor& theta, const at::Tensor& x, const at::Tensor& y,
-                        c10::IntArrayRef sizes, at::Tensor loss) {
+// (the losses [B] or, without `with_loss`, an undefined tensor; g [B, P]).
+std::tuple<at::Tensor, at::Tensor> gradient_cpu(const char* op, const at::Tensor& theta, const at::Tensor& x,
+                                                const at::Tensor& y, c10::IntArrayRef sizes, bool with_loss) {
   const MlpProblem pr = check_mlp_inputs(op, theta, x, y, nullptr, sizes);
   check_class_ids(op, pr, y);
-  at::Tensor g = at::empty_like(theta);
+  at::Tensor loss = with_loss ? at::empty({pr.B}, theta.options()) : at::Tensor(), g = at::empty_like(theta);
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "mlp_value_and_grad_cpu", [&] {
     Io<scalar_t> io = make_io<scalar_t>(pr, theta, x, y);
-    if (loss.defined()) io.loss = loss.mutable_data_ptr<scalar_t>();
+    if (with_loss) io.loss = loss.mutable_data_ptr<scalar_t>();
     io.g = g.mutable_data_ptr<scalar_t>();
     run_groups(pr, io, false);
   });
-  return g;
+  return {loss, g};
 }
 
 std::tuple<at::Tensor, at::Tensor> mlp_value_and_grad_cpu(const at::Tensor& theta, const at::Tensor& x,
                                                           const at::Tensor& y, c10::IntArrayRef sizes) {
-  at::Tensor loss = at::empty({theta.dim() == 2 ? theta.size(0) : 0}, theta.options());
-  return {loss, gradient_cpu("memdistill::mlp_value_and_grad", theta, x, y, sizes, loss)};
+  return gradient_cpu("memdistill::mlp_value_and_grad", theta, x, y, sizes, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_reverse_cpu(const at::Tensor& theta,
@@ -414,7 +413,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_reverse_cpu(const
 }  // namespace
 
 at::Tensor mlp_grad_cpu(const at::Tensor& theta, const at::Tensor& x, const at::Tensor& y, c10::IntArrayRef sizes) {
-  return gradient_cpu("memdistill::mlp_sgd_advance", theta, x, y, sizes, at::Tensor());
+  return std::get<1>(gradient_cpu("memdistill::mlp_sgd_advance", theta, x, y, sizes, false));
 }
 
 TORCH_LIBRARY(memdistill, m) {

@@ -90,10 +90,15 @@ void sub(const T* a, const T* b, int64_t n, T* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] - b[i];
 }
 
+template <typename T>
+void negate(int64_t n, T* a) {
+  for (int64_t i = 0; i < n; ++i) a[i] = -a[i];
+}
+
 // v_{k+1} = γ v_k + g (the product rounded first, as at::mul then at::add), written over g.
 template <typename T>
 void velocity(const T* v, T momentum, int64_t n, T* scratch, T* g) {
-  for (int64_t i = 0; i < n; ++i) scratch[i] = v[i] * momentum;
+  scale(v, &momentum, false, 1, n, scratch);
   add(scratch, g, n, g);
 }
 
@@ -123,18 +128,10 @@ Five mlp_sgd_reverse_cpu(const at::Tensor& theta, const Opt& v, const at::Tensor
   at::Tensor w = at::empty_like(dth), grad_lr = at::empty_like(rate);
   const int64_t B = dth.size(0), P = dth.size(1), n = B * P;
   AT_DISPATCH_FLOATING_TYPES(dth.scalar_type(), "mlp_sgd_reverse_cpu_w", [&] {
-    const scalar_t* eta = rate.const_data_ptr<scalar_t>();
     scalar_t* out = w.mutable_data_ptr<scalar_t>();
-    if (given(adj_v)) {   // dv − η dθ
-      scale(dth.const_data_ptr<scalar_t>(), eta, lr.dim() == 2, B, P, out);
-      sub(adj_v->contiguous().const_data_ptr<scalar_t>(), out, n, out);
-    } else {              // (−η) dθ
-      const scalar_t* a = dth.const_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < B; ++j) {
-        const scalar_t r = -eta[lr.dim() == 2 ? j : 0];
-        for (int64_t i = j * P; i < (j + 1) * P; ++i) out[i] = a[i] * r;
-      }
-    }
+    scale(dth.const_data_ptr<scalar_t>(), rate.const_data_ptr<scalar_t>(), lr.dim() == 2, B, P, out);   // η dθ
+    if (given(adj_v)) sub(adj_v->contiguous().const_data_ptr<scalar_t>(), out, n, out);   // dv − η dθ
+    else negate(n, out);   // −(η dθ), the bits of (−η) dθ
   });
   auto [g, hw, dx, dy] = reverse(theta.contiguous(), x.contiguous(), y.contiguous(), w, sizes);
   at::Tensor adj_prev = at::empty_like(dth), adj_v_prev;
@@ -158,9 +155,7 @@ Five mlp_sgd_reverse_cpu(const at::Tensor& theta, const Opt& v, const at::Tensor
     if (given(v)) {   // γ w
       adj_v_prev = at::empty_like(dth);
       const scalar_t gamma = static_cast<scalar_t>(momentum);
-      const scalar_t* wp = w.const_data_ptr<scalar_t>();
-      scalar_t* out = adj_v_prev.mutable_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < n; ++i) out[i] = wp[i] * gamma;
+      scale(w.const_data_ptr<scalar_t>(), &gamma, false, 1, n, adj_v_prev.mutable_data_ptr<scalar_t>());
     }
   });
   return {adj_prev, adj_v_prev, grad_lr, dx, dy};
